@@ -1,0 +1,226 @@
+"""Building blocks shared by every CMP module: convolutions, BatchNorm, pooling.
+
+All tensors are NHWC. Convolutions use PyTorch's explicit symmetric padding so
+that output sizes equal the original's for every input size. Parameter names
+follow Flax (``kernel`` HWIO, ``bias``, ``scale``); running BatchNorm statistics
+live in the ``batch_stats`` collection as ``mean`` and ``var``.
+
+Two initialisation schemes are available (``ModelOps.init``):
+
+* ``"original"`` (default): what the original code ends up with after its
+  global re-initialisation: every conv kernel Xavier-normal with gain 0.02
+  (std = 0.02 * sqrt(2 / (fan_in + fan_out)), fans = channels * k * k), biases 0,
+  BatchNorm scale ~ N(1, 0.02), BatchNorm shift 0.
+* ``"he"``: He/Kaiming normal on ``fan_out`` (std = sqrt(2 / (out * k * k))),
+  as torchvision initialises ResNets; BatchNorm scale 1, shift 0, biases 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+INIT_SCHEMES = ("original", "he")
+
+_XAVIER_GAIN = 0.02
+_BN_SCALE_STD = 0.02
+
+
+def _bn_scale_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+    """Draws BatchNorm scales from N(1, 0.02), the original's global re-init."""
+    return 1.0 + _BN_SCALE_STD * jax.random.normal(key, shape, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOps:
+    """Layer factory carrying the options every module shares.
+
+    Attributes:
+      init: initialisation scheme, one of ``INIT_SCHEMES``.
+      dtype: compute dtype of convolutions and activations (parameters stay
+        float32).
+      bn_axis_name: when set, BatchNorm averages its batch statistics over this
+        pmap/shard_map axis (synchronised BN). ``None`` keeps them per device,
+        as the original does.
+    """
+
+    init: str = "original"
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    def __post_init__(self):
+        if self.init not in INIT_SCHEMES:
+            raise ValueError(f"unknown init scheme {self.init!r}; choose one of {INIT_SCHEMES}")
+
+    def kernel_init(self) -> nn.initializers.Initializer:
+        """Returns the conv kernel initialiser of the chosen scheme."""
+        if self.init == "original":
+            # variance = scale * 2 / (fan_in + fan_out), so scale = gain**2.
+            return nn.initializers.variance_scaling(_XAVIER_GAIN**2, "fan_avg", "normal")
+        return nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+    def conv(
+        self,
+        features: int,
+        kernel: int,
+        *,
+        name: str,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        use_bias: bool = True,
+    ) -> nn.Conv:
+        """A square conv with PyTorch-style symmetric zero padding.
+
+        Args:
+          features: output channels.
+          kernel: kernel side k (k x k).
+          name: module name (mirrors the original's PyTorch name).
+          stride: stride in pixels.
+          padding: zero padding added on each side, in pixels.
+          dilation: kernel dilation.
+          use_bias: whether the conv has a bias.
+
+        Returns:
+          A ``flax.linen.Conv`` mapping (N, H, W, C_in) to (N, H', W', features).
+        """
+        return nn.Conv(
+            features,
+            (kernel, kernel),
+            strides=(stride, stride),
+            padding=((padding, padding), (padding, padding)),
+            kernel_dilation=(dilation, dilation),
+            use_bias=use_bias,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=self.kernel_init(),
+            bias_init=nn.initializers.zeros,
+            name=name,
+        )
+
+    def batch_norm(self, *, name: str) -> BatchNorm:
+        """A BatchNorm2d with the original's eps (1e-5) and momentum (0.1)."""
+        scale_init = _bn_scale_init if self.init == "original" else nn.initializers.ones
+        return BatchNorm(
+            axis_name=self.bn_axis_name, scale_init=scale_init, dtype=self.dtype, name=name
+        )
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over the channel (last) axis with PyTorch ``BatchNorm2d`` semantics.
+
+    Training normalises with the biased batch variance and updates the running
+    variance with the unbiased one (n / (n - 1)), exactly as PyTorch does;
+    ``momentum`` is PyTorch's (weight of the new statistic). Statistics are
+    computed in float32 whatever the compute dtype.
+
+    Attributes:
+      momentum: PyTorch momentum (0.1).
+      epsilon: added to the variance (1e-5).
+      axis_name: pmap/shard_map axis to average statistics over (sync BN), or
+        ``None`` for per-device statistics.
+      scale_init: initialiser of the scale (gamma).
+      dtype: output dtype.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    axis_name: str | None = None
+    scale_init: nn.initializers.Initializer = nn.initializers.ones
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """Normalises ``x`` (N, H, W, C) per channel.
+
+        Args:
+          x: activations, (N, H, W, C) (any leading axes work).
+          train: use batch statistics and update the running ones.
+
+        Returns:
+          The normalised activations, same shape, in ``dtype``.
+        """
+        features = x.shape[-1]
+        scale = self.param("scale", self.scale_init, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+
+        x32 = x.astype(jnp.float32)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            count = x32.size // features
+            mean = jnp.mean(x32, axes)
+            if self.axis_name is not None:
+                mean = lax.pmean(mean, self.axis_name)
+                count = count * lax.psum(1, self.axis_name)
+            var = jnp.mean(jnp.square(x32 - mean), axes)
+            if self.axis_name is not None:
+                var = lax.pmean(var, self.axis_name)
+            if not self.is_initializing():
+                unbiased = var * (count / max(count - 1, 1))
+                ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
+                ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * unbiased
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        y = (x32 - mean) * (scale * lax.rsqrt(var + self.epsilon)) + bias
+        return y.astype(self.dtype)
+
+
+def conv_bn_relu(
+    ops: ModelOps,
+    x: jax.Array,
+    train: bool,
+    features: int,
+    kernel: int,
+    *,
+    conv_name: str,
+    bn_name: str,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+) -> jax.Array:
+    """Conv -> BatchNorm -> ReLU, created in the calling module's scope.
+
+    The original writes these as ``nn.Sequential(conv, bn, relu)`` entries of a
+    larger container, so the conv and BN carry that container's indices as
+    names (``decoder2_1`` and ``decoder2_2`` for PyTorch ``decoder2.1`` and
+    ``decoder2.2``). Must be called inside a ``@nn.compact`` method.
+
+    Args:
+      ops: the shared layer factory.
+      x: input, (N, H, W, C_in).
+      train: BatchNorm mode.
+      features: output channels.
+      kernel: conv kernel side.
+      conv_name: name of the conv module.
+      bn_name: name of the BatchNorm module.
+      stride: conv stride.
+      padding: conv zero padding on each side, in pixels.
+      dilation: conv dilation.
+
+    Returns:
+      (N, H', W', features) activations after ReLU.
+    """
+    x = ops.conv(
+        features, kernel, stride=stride, padding=padding, dilation=dilation, name=conv_name
+    )(x)
+    x = ops.batch_norm(name=bn_name)(x, train)
+    return nn.relu(x)
+
+
+def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
+    """PyTorch ``MaxPool2d(window, stride, padding)`` (floor mode, -inf padding), NHWC."""
+    pad = ((padding, padding), (padding, padding))
+    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pad)
+
+
+def avg_pool(x: jax.Array, window: int) -> jax.Array:
+    """PyTorch ``AvgPool2d(window, window)`` (no padding, floor mode), NHWC."""
+    return nn.avg_pool(x, (window, window), strides=(window, window), padding="VALID")
