@@ -5,7 +5,7 @@ features. Every encoder returns ``"features"``: the (N, H/s, W/s, 256) output of
 its final 1x1 conv (bias, no BN, no ReLU), s being ``stride``. ResNets also
 return ``"stem"`` (after conv1, BN and ReLU; 64 channels at 1/2) and
 ``"layer1"`` (256 channels for ResNet-50/101, 64 for 18/34, at 1/4), which the
-skip decoder uses.
+skip decoder uses, and ``"layer4"`` (the trunk output before ``conv5``).
 
 Submodule names mirror the original PyTorch keys with ``.N`` written ``_N``:
 ``conv1_0``/``conv1_1`` for AlexNet's ``conv1.0``/``conv1.1``, ``layer3_0`` for
@@ -221,7 +221,8 @@ class DilatedResNet(nn.Module):
 
         Returns:
           dict with ``features`` (N, H/s, W/s, output_dim), ``stem``
-          (N, H/2, W/2, 64) and ``layer1`` (N, H/4, W/4, 64 * expansion).
+          (N, H/2, W/2, 64), ``layer1`` (N, H/4, W/4, 64 * expansion) and
+          ``layer4`` (N, H/s, W/s, 512 * expansion), the trunk output.
         """
         if self.depth not in RESNET_DEPTHS:
             raise ValueError(f"unknown ResNet depth {self.depth}; choose one of {sorted(RESNET_DEPTHS)}")
@@ -246,7 +247,7 @@ class DilatedResNet(nn.Module):
                     name=f"layer{li}_{bi}",
                 )(x, train)
                 in_ch = planes * block_cls.expansion
-            if li == 1:
-                feats["layer1"] = x
+            if li in (1, 4):
+                feats[f"layer{li}"] = x
         feats["features"] = ops.conv(self.output_dim, 1, name="conv5")(x)
         return feats

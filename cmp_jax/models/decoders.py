@@ -27,6 +27,11 @@ def _branch(ops: ModelOps, x: jax.Array, train: bool, k: int, num_convs: int) ->
     called inside the decoder's compact method; creates ``decoder{k}_{i}``.
     """
     size = x.shape[1:3]
+    if min(size) < k:
+        raise ValueError(
+            f"decoder branch {k} max-pools by {k} but the features are only {size[0]}x{size[1]}; "
+            f"use an input at least {k} times the encoder stride on each side"
+        )
     offset = 0
     if k > 1:
         x = max_pool(x, k, k)

@@ -1,0 +1,1 @@
+"""Conversion between cmp-jax variables and PyTorch state dicts."""

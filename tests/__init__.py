@@ -1,0 +1,1 @@
+"""cmp-jax test suite."""

@@ -1,0 +1,14 @@
+"""Test setup: 4 fake CPU devices (set before JAX starts) and shared fixtures."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+
+# Tests compare numbers, not speed: skip XLA's slow optimisation passes.
+jax.config.update("jax_disable_most_optimizations", True)

@@ -1,0 +1,76 @@
+"""Tests of cmp_jax.losses.discrete_flow_loss against NumPy and PyTorch references."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cmp_jax.flow import FlowBins
+from cmp_jax.losses import discrete_flow_loss
+from tests.test_flow import _numpy_resize_align_corners
+
+
+def _numpy_loss(logits: np.ndarray, flow: np.ndarray, num_bins: int, fmax: float) -> float:
+    """By-hand reference: upsample, bin, log-softmax, mean NLL per axis, summed (float64)."""
+    n, h, w, _ = flow.shape
+    up = _numpy_resize_align_corners(logits.astype(np.float64), h, w)
+    width = 2 * fmax / num_bins
+    total = 0.0
+    for axis in range(2):
+        target = np.clip(flow[..., axis], -fmax + 1e-3, fmax - 1e-3)
+        idx = np.floor((target + fmax) / width).astype(int)
+        z = up[..., axis * num_bins : (axis + 1) * num_bins]
+        z = z - z.max(-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        total -= np.take_along_axis(logp, idx[..., None], -1).mean()
+    return total
+
+
+def test_loss_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, 4, 5, 198)).astype(np.float32) * 2
+    flow = rng.uniform(-70, 70, (2, 16, 20, 2)).astype(np.float32)  # some beyond +-50
+    got = float(discrete_flow_loss(jnp.asarray(logits), jnp.asarray(flow), FlowBins()))
+    assert got == pytest.approx(_numpy_loss(logits, flow, 99, 50.0), rel=1e-5)
+
+
+def test_loss_matches_torch_cross_entropy():
+    rng = np.random.default_rng(1)
+    bins = FlowBins(num_bins=9, fmax=4.0)
+    logits = rng.standard_normal((3, 3, 3, 18)).astype(np.float32)
+    flow = rng.uniform(-6, 6, (3, 12, 12, 2)).astype(np.float32)
+    up = F.interpolate(
+        torch.from_numpy(logits.transpose(0, 3, 1, 2)), (12, 12), mode="bilinear", align_corners=True
+    )
+    idx = torch.from_numpy(np.array(bins.quantize(jnp.asarray(flow))).transpose(0, 3, 1, 2)).long()
+    want = F.cross_entropy(up[:, :9], idx[:, 0]) + F.cross_entropy(up[:, 9:], idx[:, 1])
+    got = float(discrete_flow_loss(jnp.asarray(logits), jnp.asarray(flow), bins))
+    assert got == pytest.approx(float(want), rel=1e-5)
+
+
+def test_uniform_logits_give_two_log_c_and_perfect_logits_near_zero():
+    bins = FlowBins()
+    flow = np.random.default_rng(2).uniform(-50, 50, (1, 8, 8, 2)).astype(np.float32)
+    zero = discrete_flow_loss(jnp.zeros((1, 8, 8, 198)), jnp.asarray(flow), bins)
+    assert float(zero) == pytest.approx(2 * np.log(99), rel=1e-6)
+    onehot = np.concatenate(
+        [np.eye(99)[np.asarray(bins.quantize(jnp.asarray(flow[..., a])))] for a in range(2)], -1
+    )
+    perfect = discrete_flow_loss(jnp.asarray(onehot * 50.0), jnp.asarray(flow), bins)
+    assert float(perfect) < 1e-6
+
+
+def test_loss_is_float32_for_bfloat16_logits():
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((1, 2, 2, 198)).astype(np.float32)
+    flow = rng.uniform(-50, 50, (1, 8, 8, 2)).astype(np.float32)
+    bf = discrete_flow_loss(jnp.asarray(logits, jnp.bfloat16), jnp.asarray(flow), FlowBins())
+    f32 = discrete_flow_loss(jnp.asarray(logits).astype(jnp.bfloat16).astype(jnp.float32), flow, FlowBins())
+    assert bf.dtype == jnp.float32
+    assert float(bf) == pytest.approx(float(f32), rel=1e-6)
+
+
+def test_loss_rejects_wrong_channel_count():
+    with pytest.raises(ValueError, match="198 logit channels"):
+        discrete_flow_loss(jnp.zeros((1, 2, 2, 10)), jnp.zeros((1, 8, 8, 2)), FlowBins())
