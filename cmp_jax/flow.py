@@ -156,7 +156,14 @@ def logits_to_flow(logits: jax.Array, bins: FlowBins, size: tuple[int, int]) -> 
 # Middlebury colour wheel segments: (length, channel held at 255, channel ramped,
 # ramp direction). Red->yellow, yellow->green, green->cyan, cyan->blue,
 # blue->magenta, magenta->red.
-_WHEEL_SEGMENTS = ((15, 0, 1, +1), (6, 1, 0, -1), (4, 1, 2, +1), (11, 2, 1, -1), (13, 2, 0, +1), (6, 0, 2, -1))
+_WHEEL_SEGMENTS = (
+    (15, 0, 1, +1),
+    (6, 1, 0, -1),
+    (4, 1, 2, +1),
+    (11, 2, 1, -1),
+    (13, 2, 0, +1),
+    (6, 0, 2, -1),
+)
 
 
 def _colour_wheel() -> np.ndarray:

@@ -54,6 +54,7 @@ class AlexNetBNFCN(nn.Module):
         self.conv8 = nn.Conv2d(4096, output_dim, 1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Returns ``{"features": (N, 256, H/32, W/32)}`` for a normalised (N, 3, H, W) image."""
         x = self.pool1(self.conv1(x))
         x = self.pool2(self.conv2(x))
         x = self.pool5(self.conv5(self.conv4(self.conv3(x))))
@@ -110,6 +111,7 @@ class DilatedResNet(torchvision.models.ResNet):
         self.conv5 = nn.Conv2d(512 * block.expansion, output_dim, 1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Returns the named features of a normalised (N, 3, H, W) image."""
         stem = self.relu(self.bn1(self.conv1(x)))
         layer1 = self.layer1(self.maxpool(stem))
         layer4 = self.layer4(self.layer3(self.layer2(layer1)))
@@ -130,6 +132,7 @@ class ShallowNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps guidance (N, 4, H, W) to (N, 16, H/s, W/s)."""
         return self.features(x)
 
 
@@ -151,6 +154,7 @@ class MotionDecoderPlain(nn.Module):
         self.head = nn.Conv2d(128 * len(self.combo), output_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps fused features (N, 272, h, w) to logits (N, 2C, h, w)."""
         size = x.shape[2:]
         outs = [_upsample(getattr(self, f"decoder{k}")(x), size) for k in self.combo]
         return self.head(torch.cat(outs, dim=1))
@@ -171,6 +175,7 @@ class MotionDecoderSkipLayer(nn.Module):
         self.head = nn.Conv2d(64, output_dim, 1)
 
     def forward(self, x: torch.Tensor, skips: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Maps fused features (N, 272, h, w) and skips to logits (N, 2C, 4h, 4w)."""
         size = x.shape[2:]
         x = torch.cat([_upsample(getattr(self, f"decoder{k}")(x), size) for k in (1, 2, 4, 8)], 1)
         x = self.fusion8(x)

@@ -15,9 +15,7 @@ from tests.helpers import count_params, random_inputs
 
 
 def _abstract_variables(model, height, width, batch=1):
-    image, sparse, mask = (
-        jax.ShapeDtypeStruct((batch, height, width, c), jnp.float32) for c in (3, 2, 2)
-    )
+    image, sparse, mask = (jax.ShapeDtypeStruct((batch, height, width, c), jnp.float32) for c in (3, 2, 2))
     variables = jax.eval_shape(model.init, jax.random.key(0), image, sparse, mask)
     logits = jax.eval_shape(model.apply, variables, image, sparse, mask)
     return variables, logits

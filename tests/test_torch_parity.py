@@ -52,7 +52,7 @@ def test_flax_and_torch_logits_agree(backbone, decoder, height, width):
 
 
 def test_torchvision_resnet50_layer4_matches():
-    """torchvision's dilated resnet50 with our weights gives our layer4 features.
+    """Torchvision's dilated resnet50 with our weights gives our layer4 features.
 
     torchvision's ``replace_stride_with_dilation`` leaves the first block of
     each dilated layer at the previous dilation; the original dilates every
@@ -81,8 +81,9 @@ def test_torchvision_resnet50_layer4_matches():
             ref = _nhwc(net.layer4(net.layer3(net.layer2(net.layer1(t)))))
         assert ours[style].shape == ref.shape == (1, 16, 12, 2048)
         err = np.abs(ours[style] - ref).max()
-        print(f"torchvision layer4 ({style} dilation): max |diff| = {err:.2e}, max |x| = {np.abs(ref).max():.1f}")
-        assert err <= 1e-4 * max(1.0, np.abs(ref).max())
+        scale = np.abs(ref).max()
+        print(f"torchvision layer4 ({style} dilation): max |diff| = {err:.2e}, max |x| = {scale:.1f}")
+        assert err <= 1e-4 * max(1.0, scale)
     # The two patterns are different functions, so the comparison above is not vacuous.
     assert np.abs(ours["cmp"] - ours["torchvision"]).max() > 1e-2 * np.abs(ours["cmp"]).max()
 

@@ -100,6 +100,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """Maps (N, H, W, C_in) to (N, H/stride, W/stride, planes)."""
         ops = self.ops
         d = self.dilation
         out = ops.conv(
@@ -133,6 +134,7 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """Maps (N, H, W, C_in) to (N, H/stride, W/stride, 4 * planes)."""
         ops = self.ops
         d = self.dilation
         out = ops.conv(self.planes, 1, use_bias=False, name="conv1")(x)

@@ -64,6 +64,7 @@ class CMP(nn.Module):
         return 32 if self.backbone == "alexnet" else self.output_stride
 
     def setup(self):
+        """Builds the three parts; raises ``ValueError`` for unknown names."""
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {BACKBONES}")
         if self.decoder not in DECODERS:

@@ -118,8 +118,7 @@ class MotionDecoderSkipLayer(nn.Module):
         missing = [k for k in ("layer1", "stem") if k not in skips]
         if missing:
             raise ValueError(
-                f"the skip decoder needs encoder features {missing}; "
-                "only ResNet image encoders provide them"
+                f"the skip decoder needs encoder features {missing}; only ResNet image encoders provide them"
             )
         ops = self.ops
         x = jnp.concatenate([_branch(ops, x, train, k, num_convs=3) for k in BRANCH_STRIDES], -1)

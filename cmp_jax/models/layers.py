@@ -107,9 +107,7 @@ class ModelOps:
     def batch_norm(self, *, name: str) -> BatchNorm:
         """A BatchNorm2d with the original's eps (1e-5) and momentum (0.1)."""
         scale_init = _bn_scale_init if self.init == "original" else nn.initializers.ones
-        return BatchNorm(
-            axis_name=self.bn_axis_name, scale_init=scale_init, dtype=self.dtype, name=name
-        )
+        return BatchNorm(axis_name=self.bn_axis_name, scale_init=scale_init, dtype=self.dtype, name=name)
 
 
 class BatchNorm(nn.Module):
@@ -208,9 +206,7 @@ def conv_bn_relu(
     Returns:
       (N, H', W', features) activations after ReLU.
     """
-    x = ops.conv(
-        features, kernel, stride=stride, padding=padding, dilation=dilation, name=conv_name
-    )(x)
+    x = ops.conv(features, kernel, stride=stride, padding=padding, dilation=dilation, name=conv_name)(x)
     x = ops.batch_norm(name=bn_name)(x, train)
     return nn.relu(x)
 
