@@ -1,9 +1,11 @@
 """Base config: every field, commented, with the original's values as defaults.
 
 Experiment files import ``get_config`` from here and override only what differs.
-Groups: ``model`` (architecture and initialisation) and ``flow`` (quantisation
-of the flow target). Data, guidance, optimiser, training, checkpoint and logging
-groups are added with the training loop.
+Groups: ``model`` (architecture and initialisation), ``flow`` (quantisation of
+the flow target), ``data`` (sources and transforms) and ``guidance`` (sparse
+guidance sampling). The defaults are the ResNet-50 YFCC experiment's
+(``rep_learning/resnet50_yfcc_voc_16gpu_42k``). Optimiser, training, checkpoint
+and logging groups are added with the training loop.
 """
 
 import ml_collections
@@ -42,5 +44,60 @@ def get_config() -> ml_collections.ConfigDict:
     config.flow.num_bins = 99
     # Flow range in pixels; targets are clamped to +-(fmax - 1e-3) before binning.
     config.flow.fmax = 50.0
+
+    # Seed of data order, crops, flips, guidance (and, later, initialisation).
+    config.seed = 0
+
+    # --- data: input_pipeline.pipeline.create_from_config
+    config.data = ml_collections.ConfigDict()
+    # "lists" (the original's list files), "synthetic" (embedded generator) or
+    # "tfds" (a prepared cmp_flow TFDS dataset).
+    config.data.source = "lists"
+    # List files, concatenated in order; paths inside are relative to `root`
+    # (or to the working directory when root is None) unless absolute.
+    config.data.train_lists = ("data/yfcc/lists/train.txt",)
+    config.data.val_lists = ("data/yfcc/lists/val.txt",)
+    config.data.root = None
+    # "jpg": `frame1 frame2 flow_x flow_y` (8-bit flow images over +-50 px);
+    # "flo": `frame1 frame2 flow.flo`.
+    config.data.flow_type = "jpg"
+    # Bad examples (wrong column count, missing or undecodable file, size
+    # mismatch, non-finite flow): False raises an error naming list file, line
+    # and path; True skips them (substituting the next example) and counts them.
+    config.data.skip_bad_examples = False
+    # Shorter side after resizing and the crop (random for training, centred
+    # for eval; zero padding when smaller), pixels. int or (height, width).
+    config.data.short_size = 416
+    config.data.crop_size = 320
+    # Horizontal flip with dx negated, p = 0.5 (off in the original).
+    config.data.flip = False
+    # Threads of the per-example work (-1: tf.data AUTOTUNE) and batches prefetched.
+    config.data.num_parallel_calls = -1
+    config.data.prefetch = 2
+    # The embedded procedural dataset (data.source = "synthetic").
+    config.data.synthetic = ml_collections.ConfigDict()
+    config.data.synthetic.height = 416
+    config.data.synthetic.width = 416
+    config.data.synthetic.train_size = 10_000
+    config.data.synthetic.val_size = 256
+    config.data.synthetic.train_seed = 0
+    config.data.synthetic.val_seed = 1
+    # A prepared TFDS dataset (data.source = "tfds"); see input_pipeline/tfds_builder.
+    config.data.tfds = ml_collections.ConfigDict()
+    config.data.tfds.name = "cmp_flow/lists"
+    config.data.tfds.data_dir = None
+    config.data.tfds.train_split = "train"
+    config.data.tfds.val_split = "validation"
+
+    # --- guidance: input_pipeline.guidance.SamplerConfig
+    config.guidance = ml_collections.ConfigDict()
+    # Strategies combined: "grid", "watershed", "uniform", "single", "full".
+    config.guidance.strategy = ("grid", "watershed")
+    # Grid stride G = int(sqrt(1 / bg_ratio)) (165 here, float truncation kept).
+    config.guidance.bg_ratio = 0.00003629
+    # Watershed NMS window K (odd); points closer than (K - 1) / 2 are thinned.
+    config.guidance.nms_ks = 67
+    # Keep at most this many guidance points (-1: all).
+    config.guidance.max_num_guide = -1
 
     return config

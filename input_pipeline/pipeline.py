@@ -1,0 +1,503 @@
+"""The tf.data input pipeline: examples -> transforms -> guidance -> device-shaped batches.
+
+Per example, in this order (the original's, ``original_cmp.md`` §3.3):
+
+1. load frame1 and the flow (list files, the synthetic generator or a TFDS
+   dataset); frame 2 is not loaded (the CMP loss does not use it);
+2. resize so the shorter side is ``short_size`` (aspect kept, int truncation):
+   image bicubic, flow bilinear with both components multiplied by
+   new_h / old_h;
+3. zero-pad (centred) when smaller than the crop, then crop: random offset
+   ``int(u * (L - crop))`` with u ~ U[0, 1) for training, centred for eval;
+4. optionally (``flip``, off by default as in the original) flip horizontally
+   with probability 0.5, negating dx;
+5. normalise RGB on the 0-255 scale with ImageNet mean/std;
+6. sample guidance on the cropped flow.
+
+Steps 1-6 run in one ``tf.numpy_function`` per example (OpenCV releases the GIL,
+so ``num_parallel_calls`` threads scale across cores); tf.data does the
+indexing, parallelism, batching, device reshaping and prefetching.
+
+Reproducibility: the pipeline is a function of (seed, sample number). Sample
+``i`` of process ``p`` is example ``perm_{seed,p,e}[i mod N]`` of epoch
+``e = i // N`` of that process's shard, transformed with randomness drawn from
+``np.random.default_rng((seed, p, i))``. Starting at ``start_step`` skips
+straight to sample ``start_step * local_batch``, so a resumed run sees exactly
+the data an uninterrupted run would have seen.
+
+Output batches are dicts of NumPy-convertible tensors shaped
+(local_devices, per_device_batch, ...): ``image`` (H, W, 3) float32,
+``sparse`` (H, W, 2), ``mask`` (H, W, 2), ``flow`` (H, W, 2) float32 in pixels,
+``num_guides`` int32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from input_pipeline import guidance, lists, synthetic
+
+IMAGENET_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
+IMAGENET_STD = np.array([58.395, 57.12, 57.375], np.float32)
+
+
+def resize_short_side(image: np.ndarray, flow: np.ndarray, short_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resizes so the shorter side is ``short_size``; flow values scale with the image.
+
+    Args:
+      image: (H, W, 3) uint8 RGB.
+      flow: (H, W, 2) float32, (dx, dy) pixels.
+      short_size: target length of the shorter side, pixels.
+
+    Returns:
+      (image, flow) at (H', W'): image bicubic, flow bilinear times H' / H.
+    """
+    h, w = image.shape[:2]
+    if min(h, w) == short_size:
+        return image, flow
+    if h <= w:
+        nh, nw = short_size, int(w * short_size / h)
+    else:
+        nh, nw = int(h * short_size / w), short_size
+    image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_CUBIC)
+    flow = cv2.resize(flow, (nw, nh), interpolation=cv2.INTER_LINEAR) * np.float32(nh / h)
+    return image, flow
+
+
+def crop(
+    image: np.ndarray, flow: np.ndarray, size: tuple[int, int], rng: np.random.Generator | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centred zero padding to at least ``size``, then a random (train) or centre (eval) crop.
+
+    Args:
+      image: (H, W, 3) array.
+      flow: (H, W, 2) float32.
+      size: crop (height, width) in pixels.
+      rng: draws the offsets ``int(u * (L - crop))``; ``None`` crops the centre.
+
+    Returns:
+      (image, flow) of spatial size ``size``.
+    """
+    ch, cw = size
+    h, w = image.shape[:2]
+    ph, pw = max(ch - h, 0), max(cw - w, 0)
+    if ph or pw:
+        pad = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
+        image, flow = np.pad(image, pad), np.pad(flow, pad)
+        h, w = image.shape[:2]
+    if rng is None:
+        y0, x0 = (h - ch) // 2, (w - cw) // 2
+    else:
+        y0, x0 = int(rng.random() * (h - ch)), int(rng.random() * (w - cw))
+    return image[y0 : y0 + ch, x0 : x0 + cw], flow[y0 : y0 + ch, x0 : x0 + cw]
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> float32 with ImageNet mean/std on the 0-255 scale."""
+    return (image.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformConfig:
+    """Per-example transform settings.
+
+    Attributes:
+      short_size: shorter side after resizing, pixels (416; 333 for COCO).
+      crop_size: (height, width) of the crop, pixels.
+      train: random crop (and flip) if True, centre crop if False.
+      flip: horizontal flip with p = 0.5 when training (off in the original).
+      sampler: guidance sampling settings.
+    """
+
+    short_size: int
+    crop_size: tuple[int, int]
+    train: bool
+    flip: bool = False
+    sampler: guidance.SamplerConfig = guidance.SamplerConfig()
+
+
+def transform_example(
+    image: np.ndarray, flow: np.ndarray, config: TransformConfig, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Resize, crop, flip, normalise and sample guidance for one example.
+
+    Args:
+      image: (H, W, 3) uint8 RGB frame 1.
+      flow: (H, W, 2) float32 flow from frame 1 to frame 2, pixels.
+      config: transform settings.
+      rng: source of all randomness of this example.
+
+    Returns:
+      dict with ``image`` (h, w, 3) float32 normalised, ``sparse``, ``mask`` and
+      ``flow`` (h, w, 2) float32, ``num_guides`` int32 scalar; (h, w) = crop.
+    """
+    image, flow = resize_short_side(image, flow, config.short_size)
+    image, flow = crop(image, flow, config.crop_size, rng if config.train else None)
+    if config.train and config.flip and rng.random() < 0.5:
+        image = image[:, ::-1]
+        flow = flow[:, ::-1] * np.array([-1, 1], np.float32)
+    flow = np.ascontiguousarray(flow, np.float32)
+    sparse, mask, num = guidance.sample_guidance(flow, config.sampler, rng)
+    return {
+        "image": normalize(np.ascontiguousarray(image)),
+        "sparse": sparse,
+        "mask": mask,
+        "flow": flow,
+        "num_guides": np.int32(num),
+    }
+
+
+class BadExampleCounter:
+    """Thread-safe count of examples skipped as bad (``skip_bad_examples=True``)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self) -> None:
+        """Counts one skipped example."""
+        with self._lock:
+            self._count += 1
+
+    @property
+    def count(self) -> int:
+        """Examples skipped so far."""
+        return self._count
+
+
+@dataclasses.dataclass
+class Source:
+    """Random access to the examples of this process's shard.
+
+    Attributes:
+      size: number of examples.
+      load: maps an example index in [0, size) to (frame1 uint8 (H, W, 3),
+        flow float32 (H, W, 2)); raises ``lists.BadExampleError`` for bad data.
+      skipped_lines: list lines skipped when reading (bad column count).
+    """
+
+    size: int
+    load: Callable[[int], tuple[np.ndarray, np.ndarray]]
+    skipped_lines: int = 0
+
+
+def list_source(
+    list_files: Sequence[str],
+    root: str | None,
+    flow_type: str,
+    skip_bad_examples: bool,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Source:
+    """Examples of the original's list files; process p takes entries p, p + P, ...
+
+    Args:
+      list_files: list files, concatenated in order.
+      root: directory prepended to relative paths (``None``: as given).
+      flow_type: ``"jpg"`` (x/y flow images) or ``"flo"``.
+      skip_bad_examples: skip and count malformed lines instead of raising.
+      process_index: this process.
+      process_count: number of processes.
+
+    Returns:
+      The source of this process's shard.
+    """
+    entries, skipped = lists.read_lists(list_files, root, flow_type, skip_bad_examples=skip_bad_examples)
+    entries = entries[process_index::process_count]
+    if not entries:
+        raise ValueError(
+            f"no examples for process {process_index} of {process_count} in list files {list(list_files)}"
+        )
+
+    def load(i: int) -> tuple[np.ndarray, np.ndarray]:
+        example = lists.load_example(entries[i])
+        return example["frame1"], example["flow"]
+
+    return Source(size=len(entries), load=load, skipped_lines=skipped)
+
+
+def synthetic_source(
+    config: synthetic.SyntheticConfig,
+    size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Source:
+    """The procedural dataset: examples p, p + P, ... of indices [0, size).
+
+    Args:
+      config: generator settings (frame size, objects, motion ranges).
+      size: examples in the whole dataset (an epoch).
+      seed: generator seed (different seeds give disjoint datasets, e.g. for
+        train and validation).
+      process_index: this process.
+      process_count: number of processes.
+
+    Returns:
+      The source of this process's shard.
+    """
+    indices = list(range(process_index, size, process_count))
+
+    def load(i: int) -> tuple[np.ndarray, np.ndarray]:
+        example = synthetic.generate_example(indices[i], config, seed)
+        return example["frame1"], example["flow"]
+
+    return Source(size=len(indices), load=load)
+
+
+class _Sampler:
+    """Maps a sample number to an example and its transformed, guided version."""
+
+    def __init__(
+        self,
+        source: Source,
+        transform: TransformConfig,
+        seed: int,
+        process_index: int,
+        shuffle: bool,
+        skip_bad_examples: bool,
+        counter: BadExampleCounter,
+    ):
+        self.source, self.transform, self.seed = source, transform, seed
+        self.process_index, self.shuffle = process_index, shuffle
+        self.skip_bad, self.counter = skip_bad_examples, counter
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 (one sampler per pipeline, a few epochs live at once)
+    def _permutation(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng((self.seed, self.process_index, epoch, 0x5EED))
+        return rng.permutation(self.source.size)
+
+    def example_index(self, sample: int) -> int:
+        """Example index of sample number ``sample`` (epochs are reshuffled)."""
+        epoch, pos = divmod(sample, self.source.size)
+        return int(self._permutation(epoch)[pos]) if self.shuffle else pos
+
+    def __call__(self, sample: np.int64) -> tuple[np.ndarray, ...]:
+        sample = int(sample)
+        for attempt in range(self.source.size):
+            index = self.example_index(sample + attempt)
+            try:
+                image, flow = self.source.load(index)
+                break
+            except lists.BadExampleError:
+                if not self.skip_bad:
+                    raise
+                # Substitute the next example of the stream: deterministic, so a
+                # resumed run still sees what an uninterrupted one would.
+                self.counter.add()
+        else:
+            raise ValueError("every example of the source is bad")
+        rng = np.random.default_rng((self.seed, self.process_index, sample))
+        out = transform_example(image, flow, self.transform, rng)
+        return tuple(out[k] for k in _OUTPUT_KEYS)
+
+
+_OUTPUT_KEYS = ("image", "sparse", "mask", "flow", "num_guides")
+_CHANNELS = {"image": 3, "sparse": 2, "mask": 2, "flow": 2}
+
+
+def create_dataset(
+    source: Source,
+    transform: TransformConfig,
+    *,
+    local_batch: int,
+    local_devices: int,
+    seed: int,
+    start_step: int = 0,
+    num_samples: int | None = None,
+    shuffle: bool = True,
+    skip_bad_examples: bool = False,
+    process_index: int = 0,
+    num_parallel_calls: int = tf.data.AUTOTUNE,
+    prefetch: int = 2,
+    counter: BadExampleCounter | None = None,
+) -> tf.data.Dataset:
+    """Builds the batched, device-shaped tf.data pipeline over ``source``.
+
+    Args:
+      source: this process's examples.
+      transform: resize/crop/flip/guidance settings.
+      local_batch: examples per batch on this process (all its devices).
+      local_devices: devices on this process; batches are reshaped to
+        (local_devices, local_batch / local_devices, ...).
+      seed: seed of shuffling, crops, flips and guidance.
+      start_step: first batch (resume): sample numbers start at
+        ``start_step * local_batch``.
+      num_samples: samples to produce (``None``: endless, epochs reshuffled).
+        Incomplete final batches are dropped.
+      shuffle: permute examples per epoch (training); eval keeps file order.
+      skip_bad_examples: replace a bad example by the next one and count it,
+        instead of raising.
+      process_index: this process (decorrelates processes' randomness).
+      num_parallel_calls: threads for the per-example work.
+      prefetch: batches prepared ahead.
+      counter: receives the count of skipped bad examples.
+
+    Returns:
+      A dataset of dicts: ``image`` (D, B, H, W, 3), ``sparse``/``mask``/``flow``
+      (D, B, H, W, 2) float32, ``num_guides`` (D, B) int32; D = local_devices,
+      B = local_batch / D.
+    """
+    if local_batch % local_devices:
+        raise ValueError(f"local batch {local_batch} is not divisible by the {local_devices} local devices")
+    sampler = _Sampler(
+        source, transform, seed, process_index, shuffle, skip_bad_examples, counter or BadExampleCounter()
+    )
+    start = start_step * local_batch
+    stop = -1 if num_samples is None else start + num_samples
+    h, w = transform.crop_size
+
+    def load(sample: tf.Tensor) -> dict[str, tf.Tensor]:
+        outs = tf.numpy_function(
+            sampler, [sample], [tf.float32] * 4 + [tf.int32], stateful=False, name="cmp_example"
+        )
+        example = dict(zip(_OUTPUT_KEYS, outs, strict=True))
+        for key, channels in _CHANNELS.items():
+            example[key] = tf.ensure_shape(example[key], (h, w, channels))
+        example["num_guides"] = tf.ensure_shape(example["num_guides"], ())
+        return example
+
+    def to_devices(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        per_device = local_batch // local_devices
+        return {k: tf.reshape(v, (local_devices, per_device, *v.shape[1:])) for k, v in batch.items()}
+
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.private_threadpool_size = 0
+    ds = tf.data.Dataset.range(start, stop) if stop >= 0 else tf.data.Dataset.range(start, 2**62)
+    ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True).map(to_devices)
+    return ds.with_options(options).prefetch(prefetch)
+
+
+def tfds_source(
+    name: str, data_dir: str | None, split: str, process_index: int = 0, process_count: int = 1
+) -> Source:
+    """Examples of a prepared ``cmp_flow`` TFDS dataset (array_record format).
+
+    Args:
+      name: dataset name with config, e.g. ``"cmp_flow/lists"``.
+      data_dir: TFDS data directory (``None``: the TFDS default).
+      split: ``"train"`` or ``"validation"`` (any TFDS split expression).
+      process_index: this process.
+      process_count: number of processes; ``tfds.split_for_jax_process``
+        gives each its own even slice.
+
+    Returns:
+      The source of this process's slice.
+    """
+    import tensorflow_datasets as tfds
+
+    import input_pipeline.tfds_builder  # noqa: F401 (registers cmp_flow)
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    shard = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
+    data = builder.as_data_source(split=shard)
+
+    def load(i: int) -> tuple[np.ndarray, np.ndarray]:
+        example = data[i]
+        return np.asarray(example["frame1"]), np.asarray(example["flow"], np.float32)
+
+    return Source(size=len(data), load=load)
+
+
+def sampler_config(config: Any) -> guidance.SamplerConfig:
+    """``guidance.SamplerConfig`` from the ``config.guidance`` group."""
+    return guidance.SamplerConfig(
+        strategy=tuple(config.strategy),
+        bg_ratio=float(config.bg_ratio),
+        nms_ks=int(config.nms_ks),
+        max_num_guide=int(config.max_num_guide),
+    )
+
+
+def _crop_size(value: Any) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    return (int(value[0]), int(value[1]))
+
+
+def source_from_config(config: Any, split: str, process_index: int = 0, process_count: int = 1) -> Source:
+    """The ``Source`` that ``config.data`` names for ``split`` (``"train"`` or ``"eval"``)."""
+    data = config.data
+    train = split == "train"
+    if data.source == "lists":
+        files = data.train_lists if train else data.val_lists
+        return list_source(
+            list(files), data.root, data.flow_type, data.skip_bad_examples, process_index, process_count
+        )
+    if data.source == "synthetic":
+        syn = data.synthetic
+        gen = synthetic.SyntheticConfig(height=syn.height, width=syn.width)
+        size = syn.train_size if train else syn.val_size
+        return synthetic_source(
+            gen, size, syn.train_seed if train else syn.val_seed, process_index, process_count
+        )
+    if data.source == "tfds":
+        tf_split = data.tfds.train_split if train else data.tfds.val_split
+        return tfds_source(data.tfds.name, data.tfds.data_dir, tf_split, process_index, process_count)
+    raise ValueError(f"unknown data.source {data.source!r}; choose one of 'lists', 'synthetic', 'tfds'")
+
+
+def create_from_config(
+    config: Any,
+    split: str,
+    *,
+    local_batch: int,
+    local_devices: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    counter: BadExampleCounter | None = None,
+) -> tuple[tf.data.Dataset, Source]:
+    """The training (endless, shuffled, random crops) or eval (one pass, centre crops) pipeline.
+
+    Args:
+      config: the experiment config (groups ``data``, ``guidance``; ``seed``).
+      split: ``"train"`` or ``"eval"``.
+      local_batch: examples per batch on this process.
+      local_devices: devices of this process.
+      start_step: first training step (resume); ignored for eval.
+      process_index: this process.
+      process_count: number of processes.
+      counter: receives the count of skipped bad examples.
+
+    Returns:
+      (dataset, source); eval covers the source once, dropping the last
+      incomplete batch.
+    """
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    train = split == "train"
+    source = source_from_config(config, split, process_index, process_count)
+    transform = TransformConfig(
+        short_size=config.data.short_size,
+        crop_size=_crop_size(config.data.crop_size),
+        train=train,
+        flip=config.data.flip,
+        sampler=sampler_config(config.guidance),
+    )
+    dataset = create_dataset(
+        source,
+        transform,
+        local_batch=local_batch,
+        local_devices=local_devices,
+        seed=config.seed if train else config.seed + 1,
+        start_step=start_step if train else 0,
+        num_samples=None if train else source.size,
+        shuffle=train,
+        skip_bad_examples=config.data.skip_bad_examples,
+        process_index=process_index,
+        num_parallel_calls=config.data.num_parallel_calls,
+        prefetch=config.data.prefetch,
+        counter=counter,
+    )
+    return dataset, source

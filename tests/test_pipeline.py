@@ -1,0 +1,246 @@
+"""Tests of the tf.data pipeline: transforms, shapes, determinism, resume, sharding, bad data."""
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from configs import base
+from input_pipeline import guidance, lists, pipeline, synthetic
+from input_pipeline.flow_io import encode_flow_jpg, write_flo
+
+SAMPLER = guidance.SamplerConfig(strategy=("grid", "watershed"), bg_ratio=1 / 400, nms_ks=9)
+
+
+def _fake_source(n=6, h=40, w=56, bad=()):
+    """In-memory examples: random images, piecewise-constant flows; ``bad`` indices raise."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    flows = np.zeros((n, h, w, 2), np.float32)
+    for i in range(n):
+        flows[i, h // 4 : 3 * h // 4, w // 4 : w // 2] = rng.uniform(-20, 20, 2)
+        flows[i] += rng.uniform(-3, 3, 2)
+
+    def load(i):
+        if i in bad:
+            raise lists.BadExampleError(f"fake.txt line {i + 1}: broken example {i}")
+        return images[i], flows[i]
+
+    return pipeline.Source(size=n, load=load), images, flows
+
+
+def _transform(train=True, size=(32, 48), short=40, flip=False):
+    return pipeline.TransformConfig(short_size=short, crop_size=size, train=train, flip=flip, sampler=SAMPLER)
+
+
+def _batches(ds, n):
+    it = ds.as_numpy_iterator()
+    return [next(it) for _ in range(n)]
+
+
+def test_resize_short_side_scales_flow_with_the_image():
+    image = np.zeros((100, 150, 3), np.uint8)
+    flow = np.full((100, 150, 2), [4.0, -2.0], np.float32)
+    image2, flow2 = pipeline.resize_short_side(image, flow, 50)
+    assert image2.shape == (50, 75, 3) and flow2.shape == (50, 75, 2)
+    np.testing.assert_allclose(flow2, np.broadcast_to([2.0, -1.0], flow2.shape), atol=1e-6)
+    tall, _ = pipeline.resize_short_side(np.zeros((333, 100, 3), np.uint8), np.zeros((333, 100, 2), np.float32), 60)
+    assert tall.shape == (199, 60, 3)  # int(333 * 60 / 100) = 199
+
+
+def test_crop_pads_centred_and_offsets_stay_in_range():
+    image = np.arange(20 * 30 * 3, dtype=np.int64).reshape(20, 30, 3) % 255 + 1
+    flow = np.ones((20, 30, 2), np.float32)
+    centre, cflow = pipeline.crop(image, flow, (10, 10), None)
+    np.testing.assert_array_equal(centre, image[5:15, 10:20])
+    padded, pflow = pipeline.crop(image, flow, (24, 36), None)
+    assert padded.shape == (24, 36, 3)
+    assert padded[:2].max() == 0 and padded[:, :3].max() == 0 and pflow[-2:].max() == 0
+    np.testing.assert_array_equal(padded[2:22, 3:33], image)
+    rng = np.random.default_rng(0)
+    offsets = set()
+    for _ in range(200):
+        out, _ = pipeline.crop(image, flow, (10, 10), rng)
+        y0, x0 = np.argwhere((image == out[0, 0]).all(-1))[0]
+        offsets.add((y0, x0))
+    ys, xs = zip(*offsets, strict=True)
+    assert min(ys) >= 0 and max(ys) < 10 and min(xs) >= 0 and max(xs) < 20  # max offset never hit
+
+
+def test_normalize_uses_imagenet_stats_on_0_255():
+    image = np.broadcast_to(np.array([123.675, 116.28, 103.53]), (2, 2, 3)).round().astype(np.uint8)
+    out = pipeline.normalize(image)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, (image - pipeline.IMAGENET_MEAN) / pipeline.IMAGENET_STD, rtol=1e-6)
+
+
+def test_flip_negates_dx():
+    image = np.random.default_rng(1).integers(0, 255, (32, 48, 3), dtype=np.uint8)
+    flow = np.zeros((32, 48, 2), np.float32)
+    flow[:, :24] = [5.0, 3.0]
+    cfg = _transform(size=(32, 48), short=32, flip=True)
+    flipped = None
+    for seed in range(20):
+        out = pipeline.transform_example(image, flow, cfg, np.random.default_rng(seed))
+        if out["flow"][0, -1, 0] == -5.0:
+            flipped = out
+    assert flipped is not None, "no flip in 20 draws at p = 0.5"
+    np.testing.assert_allclose(flipped["flow"][:, 24:], np.broadcast_to([-5.0, 3.0], (32, 24, 2)))
+    np.testing.assert_allclose(flipped["image"], pipeline.normalize(image[:, ::-1]), rtol=1e-6)
+
+
+def test_batches_have_device_shapes_and_consistent_guidance():
+    source, _, _ = _fake_source()
+    ds = pipeline.create_dataset(source, _transform(), local_batch=4, local_devices=2, seed=0)
+    (batch,) = _batches(ds, 1)
+    assert batch["image"].shape == (2, 2, 32, 48, 3) and batch["image"].dtype == np.float32
+    for key in ("sparse", "mask", "flow"):
+        assert batch[key].shape == (2, 2, 32, 48, 2) and batch[key].dtype == np.float32
+    assert batch["num_guides"].shape == (2, 2) and batch["num_guides"].dtype == np.int32
+    mask = batch["mask"]
+    assert set(np.unique(mask)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(mask[..., 0], mask[..., 1])
+    np.testing.assert_array_equal(batch["sparse"], batch["flow"] * mask)
+    np.testing.assert_array_equal(batch["num_guides"], mask[..., 0].sum((-1, -2)))
+    assert batch["num_guides"].min() > 0
+
+
+def test_same_seed_same_data_and_resume_sees_the_same_batches():
+    source, _, _ = _fake_source()
+    make = lambda seed, start=0: pipeline.create_dataset(  # noqa: E731
+        source, _transform(), local_batch=4, local_devices=2, seed=seed, start_step=start
+    )
+    full = _batches(make(0), 4)  # 16 samples: crosses epoch boundaries (6 examples)
+    again = _batches(make(0), 4)
+    resumed = _batches(make(0, start=2), 2)
+    other = _batches(make(1), 1)
+    for a, b in zip(full, again, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    for a, b in zip(full[2:], resumed, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    assert not np.array_equal(full[0]["image"], other[0]["image"])
+
+
+def test_every_example_once_per_epoch():
+    n = 6
+    source, images, _ = _fake_source(n=n, h=32, w=48)
+    cfg = _transform(size=(32, 48), short=32)
+    (batch,) = _batches(pipeline.create_dataset(source, cfg, local_batch=n, local_devices=1, seed=3), 1)
+    seen = sorted(
+        int(np.argmin([np.abs(pipeline.normalize(img) - out).sum() for img in images]))
+        for out in batch["image"][0]
+    )
+    assert seen == list(range(n))
+
+
+def test_eval_is_one_ordered_pass_with_centre_crops():
+    source, images, _ = _fake_source(n=5)
+    cfg = _transform(train=False, short=40)
+    ds = pipeline.create_dataset(
+        source, cfg, local_batch=2, local_devices=1, seed=0, num_samples=5, shuffle=False
+    )
+    batches = list(ds.as_numpy_iterator())
+    assert len(batches) == 2  # the incomplete third batch is dropped
+    want = pipeline.normalize(images[1][4:36, 4:52])
+    np.testing.assert_allclose(batches[0]["image"][0, 1], want, rtol=1e-6)
+
+
+def test_bad_examples_raise_by_default_and_are_counted_when_skipped():
+    source, _, _ = _fake_source(bad=(2,))
+    ds = pipeline.create_dataset(source, _transform(), local_batch=6, local_devices=1, seed=0, shuffle=False)
+    with pytest.raises(Exception, match="fake.txt line 3"):
+        _batches(ds, 1)
+    counter = pipeline.BadExampleCounter()
+    ds = pipeline.create_dataset(
+        source, _transform(), local_batch=6, local_devices=1, seed=0, shuffle=False,
+        skip_bad_examples=True, counter=counter,
+    )  # fmt: skip
+    (batch,) = _batches(ds, 1)
+    assert counter.count == 1
+    assert batch["image"].shape[1] == 6
+
+
+def test_processes_read_disjoint_shards(tmp_path):
+    config = synthetic.SyntheticConfig(height=48, width=48)
+    shards = [pipeline.synthetic_source(config, 10, seed=0, process_index=p, process_count=2) for p in (0, 1)]
+    assert [s.size for s in shards] == [5, 5]
+    a, _ = shards[0].load(0)
+    b, _ = shards[1].load(0)
+    np.testing.assert_array_equal(a, synthetic.generate_example(0, config, 0)["frame1"])
+    np.testing.assert_array_equal(b, synthetic.generate_example(1, config, 0)["frame1"])
+
+
+def _write_list_dataset(root, n=4, h=48, w=64, flow_type="jpg"):
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(n):
+        frame = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        flow = np.zeros((h, w, 2), np.float32)
+        flow[10:30, 10:40] = rng.uniform(-20, 20, 2)
+        cv2.imwrite(os.path.join(root, f"f{i}_1.jpg"), frame[..., ::-1])
+        cv2.imwrite(os.path.join(root, f"f{i}_2.jpg"), frame[..., ::-1])
+        if flow_type == "jpg":
+            fx, fy = encode_flow_jpg(flow)
+            cv2.imwrite(os.path.join(root, f"f{i}_x.png"), fx)
+            cv2.imwrite(os.path.join(root, f"f{i}_y.png"), fy)
+            lines.append(f"f{i}_1.jpg f{i}_2.jpg f{i}_x.png f{i}_y.png")
+        else:
+            write_flo(os.path.join(root, f"f{i}.flo"), flow)
+            lines.append(f"f{i}_1.jpg f{i}_2.jpg f{i}.flo")
+    list_file = os.path.join(root, "train.txt")
+    with open(list_file, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return list_file
+
+
+@pytest.mark.parametrize("flow_type", ["jpg", "flo"])
+def test_create_from_config_reads_list_files(tmp_path, flow_type):
+    list_file = _write_list_dataset(str(tmp_path), flow_type=flow_type)
+    config = base.get_config()
+    config.data.train_lists = (list_file,)
+    config.data.val_lists = (list_file,)
+    config.data.root = str(tmp_path)
+    config.data.flow_type = flow_type
+    config.data.short_size = 48
+    config.data.crop_size = (48, 48)
+    config.guidance.bg_ratio = 1 / 256
+    config.guidance.nms_ks = 9
+    ds, source = pipeline.create_from_config(config, "train", local_batch=4, local_devices=4)
+    assert source.size == 4
+    (batch,) = _batches(ds, 1)
+    assert batch["flow"].shape == (4, 1, 48, 48, 2)
+    assert np.abs(batch["flow"]).max() > 5
+    ev, _ = pipeline.create_from_config(config, "eval", local_batch=2, local_devices=2)
+    assert len(list(ev.as_numpy_iterator())) == 2
+
+
+def test_missing_file_error_names_list_and_line(tmp_path):
+    list_file = _write_list_dataset(str(tmp_path))
+    os.remove(tmp_path / "f1_x.png")
+    source = pipeline.list_source([list_file], str(tmp_path), "jpg", False)
+    ds = pipeline.create_dataset(
+        source, _transform(size=(48, 48), short=48), local_batch=4, local_devices=1, seed=0, shuffle=False
+    )
+    with pytest.raises(Exception, match=r"train\.txt.*2.*f1_x\.png|f1_x\.png.*train\.txt"):
+        _batches(ds, 1)
+
+
+def test_synthetic_config_source():
+    config = base.get_config()
+    config.data.source = "synthetic"
+    config.data.synthetic.height = config.data.synthetic.width = 64
+    config.data.synthetic.train_size = 8
+    config.data.short_size = 64
+    config.data.crop_size = 64
+    config.guidance.bg_ratio = 1 / 400
+    config.guidance.nms_ks = 9
+    ds, source = pipeline.create_from_config(config, "train", local_batch=4, local_devices=2)
+    assert source.size == 8
+    (batch,) = _batches(ds, 1)
+    assert batch["image"].shape == (2, 2, 64, 64, 3)
+    with pytest.raises(ValueError, match="unknown data.source"):
+        config.data.source = "webdataset"
+        pipeline.create_from_config(config, "train", local_batch=4, local_devices=2)
