@@ -1,5 +1,7 @@
 """Data: guidance sampling, flow and list-file readers, tf.data pipeline, synthetic data.
 
-The modules of this package (``guidance``, ``flow_io``, ``lists``, ``pipeline``,
-``synthetic``, ``tfds_builder``) are not written yet; see the README's status.
+Modules: ``guidance`` (sparse guidance sampling), ``flow_io`` (``.flo`` and 8-bit
+flow images), ``lists`` (the original's list files), ``synthetic`` (the embedded
+moving-sprites dataset), ``pipeline`` (tf.data) and ``tfds_builder`` (TFDS
+packaging).
 """
