@@ -66,9 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
     # and path; True skips them (substituting the next example) and counts them.
     config.data.skip_bad_examples = False
     # Shorter side after resizing and the crop (random for training, centred
-    # for eval; zero padding when smaller), pixels. int or (height, width).
+    # for eval; zero padding when smaller), pixels; crop_size is (height, width).
     config.data.short_size = 416
-    config.data.crop_size = 320
+    config.data.crop_size = (320, 320)
     # Horizontal flip with dx negated, p = 0.5 (off in the original).
     config.data.flip = False
     # Threads of the per-example work (-1: tf.data AUTOTUNE) and batches prefetched.

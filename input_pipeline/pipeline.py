@@ -156,21 +156,26 @@ def transform_example(
 
 
 class BadExampleCounter:
-    """Thread-safe count of examples skipped as bad (``skip_bad_examples=True``)."""
+    """Thread-safe record of the distinct examples skipped as bad (``skip_bad_examples=True``).
+
+    An example is counted once however often later epochs (or prefetching)
+    meet it again; ``messages`` keeps the first error of each.
+    """
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._count = 0
+        self.messages: dict[int, str] = {}
 
-    def add(self) -> None:
-        """Counts one skipped example."""
+    def add(self, index: int, message: str) -> None:
+        """Records that example ``index`` of the source is bad, and why."""
         with self._lock:
-            self._count += 1
+            self.messages.setdefault(index, message)
 
     @property
     def count(self) -> int:
-        """Examples skipped so far."""
-        return self._count
+        """Distinct bad examples met so far."""
+        with self._lock:
+            return len(self.messages)
 
 
 @dataclasses.dataclass
@@ -218,7 +223,7 @@ def list_source(
         )
 
     def load(i: int) -> tuple[np.ndarray, np.ndarray]:
-        example = lists.load_example(entries[i])
+        example = lists.load_example(entries[i], frame2=False)
         return example["frame1"], example["flow"]
 
     return Source(size=len(entries), load=load, skipped_lines=skipped)
@@ -287,12 +292,12 @@ class _Sampler:
             try:
                 image, flow = self.source.load(index)
                 break
-            except lists.BadExampleError:
+            except lists.BadExampleError as err:
                 if not self.skip_bad:
                     raise
                 # Substitute the next example of the stream: deterministic, so a
                 # resumed run still sees what an uninterrupted one would.
-                self.counter.add()
+                self.counter.add(index, str(err))
         else:
             raise ValueError("every example of the source is bad")
         rng = np.random.default_rng((self.seed, self.process_index, sample))

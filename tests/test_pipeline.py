@@ -45,12 +45,15 @@ def test_resize_short_side_scales_flow_with_the_image():
     image2, flow2 = pipeline.resize_short_side(image, flow, 50)
     assert image2.shape == (50, 75, 3) and flow2.shape == (50, 75, 2)
     np.testing.assert_allclose(flow2, np.broadcast_to([2.0, -1.0], flow2.shape), atol=1e-6)
-    tall, _ = pipeline.resize_short_side(np.zeros((333, 100, 3), np.uint8), np.zeros((333, 100, 2), np.float32), 60)
+    tall, _ = pipeline.resize_short_side(
+        np.zeros((333, 100, 3), np.uint8), np.zeros((333, 100, 2), np.float32), 60
+    )
     assert tall.shape == (199, 60, 3)  # int(333 * 60 / 100) = 199
 
 
 def test_crop_pads_centred_and_offsets_stay_in_range():
-    image = np.arange(20 * 30 * 3, dtype=np.int64).reshape(20, 30, 3) % 255 + 1
+    ys, xs = np.mgrid[:20, :30]
+    image = np.stack([ys + 1, xs + 1, np.ones_like(ys)], -1)  # pixel (y, x) holds (y + 1, x + 1, 1)
     flow = np.ones((20, 30, 2), np.float32)
     centre, cflow = pipeline.crop(image, flow, (10, 10), None)
     np.testing.assert_array_equal(centre, image[5:15, 10:20])
@@ -59,13 +62,10 @@ def test_crop_pads_centred_and_offsets_stay_in_range():
     assert padded[:2].max() == 0 and padded[:, :3].max() == 0 and pflow[-2:].max() == 0
     np.testing.assert_array_equal(padded[2:22, 3:33], image)
     rng = np.random.default_rng(0)
-    offsets = set()
-    for _ in range(200):
-        out, _ = pipeline.crop(image, flow, (10, 10), rng)
-        y0, x0 = np.argwhere((image == out[0, 0]).all(-1))[0]
-        offsets.add((y0, x0))
-    ys, xs = zip(*offsets, strict=True)
-    assert min(ys) >= 0 and max(ys) < 10 and min(xs) >= 0 and max(xs) < 20  # max offset never hit
+    offsets = {tuple(pipeline.crop(image, flow, (10, 10), rng)[0][0, 0, :2] - 1) for _ in range(300)}
+    oy, ox = zip(*offsets, strict=True)
+    # int(u * (L - crop)) with u in [0, 1): 0 .. L - crop - 1, the last offset never drawn.
+    assert (min(oy), max(oy), min(ox), max(ox)) == (0, 9, 0, 19)
 
 
 def test_normalize_uses_imagenet_stats_on_0_255():
@@ -154,13 +154,17 @@ def test_bad_examples_raise_by_default_and_are_counted_when_skipped():
     with pytest.raises(Exception, match="fake.txt line 3"):
         _batches(ds, 1)
     counter = pipeline.BadExampleCounter()
+    whole = _transform(size=(40, 56), short=40)  # no random crop: compare examples exactly
     ds = pipeline.create_dataset(
-        source, _transform(), local_batch=6, local_devices=1, seed=0, shuffle=False,
+        source, whole, local_batch=6, local_devices=1, seed=0, shuffle=False,
         skip_bad_examples=True, counter=counter,
     )  # fmt: skip
-    (batch,) = _batches(ds, 1)
+    batches = _batches(ds, 3)  # three passes over the data: the bad example is counted once
     assert counter.count == 1
-    assert batch["image"].shape[1] == 6
+    assert "fake.txt line 3" in counter.messages[2]
+    assert batches[0]["image"].shape[1] == 6
+    # Sample 2 got example 3 in its place; sample 3 is example 3 as well.
+    np.testing.assert_array_equal(batches[0]["flow"][0, 2], batches[0]["flow"][0, 3])
 
 
 def test_processes_read_disjoint_shards(tmp_path):
@@ -234,7 +238,7 @@ def test_synthetic_config_source():
     config.data.synthetic.height = config.data.synthetic.width = 64
     config.data.synthetic.train_size = 8
     config.data.short_size = 64
-    config.data.crop_size = 64
+    config.data.crop_size = (64, 64)
     config.guidance.bg_ratio = 1 / 400
     config.guidance.nms_ks = 9
     ds, source = pipeline.create_from_config(config, "train", local_batch=4, local_devices=2)

@@ -1,12 +1,14 @@
 """``cmp_flow``: frame-1 images (JPEG) and their optical flow (float32, zlib, lossless).
 
-Two configs:
+Configs:
 
 * ``lists``: packs the original's list files found in the manual directory
   (``train.txt`` and ``val.txt`` by default, paths relative to the manual
   directory or absolute; ``frame1 frame2 flow_x flow_y`` or ``frame1 frame2
   flow.flo`` lines). Frame 2 is not stored: the CMP loss does not use it.
-* ``synthetic``: the embedded moving-sprites dataset (``input_pipeline.synthetic``).
+* ``synthetic``: the embedded moving-sprites dataset (``input_pipeline.synthetic``),
+  10,000 training and 500 validation examples at 416x416;
+  ``synthetic_tiny``: 64 + 16 examples at 64x64, for smoke tests.
 
 Each example: ``frame1`` uint8 (H, W, 3) RGB, ``flow`` float32 (H, W, 2) (dx,
 dy) in pixels, ``key`` the source (list file and line, or synthetic index).
@@ -58,6 +60,14 @@ class CmpFlow(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         CmpFlowConfig(name="lists", description="The original's list files from the manual dir."),
         CmpFlowConfig(name="synthetic", source="synthetic", description="Procedural moving sprites."),
+        CmpFlowConfig(
+            name="synthetic_tiny",
+            source="synthetic",
+            synthetic_size=(64, 64),
+            synthetic_train=64,
+            synthetic_val=16,
+            description="A few small procedural examples for smoke tests.",
+        ),
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "For the `lists` config, put train.txt and val.txt (the original's list format) in the manual "

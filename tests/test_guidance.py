@@ -1,0 +1,317 @@
+"""Guidance sampler (input_pipeline.guidance) against the SciPy oracle of the original."""
+
+import math
+import pathlib
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from input_pipeline import guidance
+from tests import guidance_oracle as oracle
+
+
+def _flows():
+    """(name, flow) cases: random piecewise-rigid flows of several sizes and special flows."""
+    rng = np.random.default_rng(1234)
+    cases = []
+    for i, (h, w) in enumerate(
+        [(48, 48), (64, 97), (131, 80), (200, 256), (256, 256), (384, 384), (320, 416)] * 4
+    ):
+        cases.append((f"rigid{i}_{h}x{w}", oracle.piecewise_rigid_flow(h, w, rng, int(rng.integers(1, 6)))))
+    cases.append(("zero", np.zeros((60, 70, 2), np.float32)))
+    cases.append(("translation", np.full((60, 70, 2), 3.5, np.float32)))
+    one = np.zeros((60, 70, 2), np.float32)
+    one[20, 33] = (1.5, -2.0)
+    cases.append(("one_pixel", one))
+    tiny = oracle.piecewise_rigid_flow(90, 90, rng) * np.float32(1e-5)  # strengths below the 0.01 floor
+    cases.append(("tiny", tiny))
+    big = oracle.piecewise_rigid_flow(120, 150, rng) * np.float32(300)
+    big[rng.integers(0, 120, 20), rng.integers(0, 150, 20)] = rng.choice([-1e4, 1e4], (20, 2))
+    cases.append(("extremes", big))
+    y, x = np.mgrid[0:100, 0:140].astype(np.float32)
+    cases.append(("rotation", np.stack([-(y - 50) * 0.02, (x - 70) * 0.02], axis=-1)))
+    cases.append(("integer", np.round(oracle.piecewise_rigid_flow(150, 170, rng, 5))))
+    # 8-bit flow images decoded as the original does: v / 255 * 100 - 50.
+    quantised = np.round((oracle.piecewise_rigid_flow(160, 120, rng) + 50) / 100 * 255)
+    cases.append(("jpg_quantised", (quantised / 255 * 100 - 50).astype(np.float32)))
+    return cases
+
+
+FLOWS = _flows()
+
+
+@pytest.mark.parametrize("name,flow", FLOWS, ids=[name for name, _ in FLOWS])
+def test_stages_equal_oracle(name, flow):
+    edges = guidance.motion_edges(flow)
+    expected_edges = oracle.motion_edges(flow)
+    np.testing.assert_array_equal(edges, expected_edges)
+    distance = guidance.edge_distance(edges)
+    expected_distance = oracle.edge_distance(expected_edges)
+    assert distance.dtype == np.float32
+    np.testing.assert_array_equal(distance, expected_distance.astype(np.float32))
+    for k in (15, 41, 81):
+        np.testing.assert_array_equal(
+            guidance.nms_candidates(distance, k),
+            oracle.nms_candidates(expected_distance, k),
+            err_msg=f"K={k}",
+        )
+
+
+def test_some_cases_are_not_trivial():
+    """The comparisons above see edges, plateaus and many candidates, not just empty maps."""
+    counts = [
+        int(guidance.nms_candidates(guidance.edge_distance(guidance.motion_edges(f)), 15).sum())
+        for _, f in FLOWS
+    ]
+    assert max(counts) > 200
+    assert sum(c > 0 for c in counts) > len(counts) // 2
+
+
+def test_no_motion_edge_distance_is_scipys():
+    """SciPy's transform without any edge pixel measures to a virtual pixel at (-1, 0)."""
+    edges = np.zeros((5, 7), bool)
+    y, x = np.mgrid[0:5, 0:7]
+    expected = np.sqrt((y + 1.0) ** 2 + x**2)
+    np.testing.assert_array_equal(oracle.edge_distance(edges), expected)
+    np.testing.assert_array_equal(guidance.edge_distance(edges), expected.astype(np.float32))
+    # Its maxima lie on the image border, so no candidate survives, except with K = 1.
+    assert not guidance.nms_candidates(expected, 41).any()
+    np.testing.assert_array_equal(guidance.nms_candidates(expected, 1), oracle.nms_candidates(expected, 1))
+    assert guidance.nms_candidates(expected, 1).sum() == 3 * 5
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 9])
+def test_small_windows_equal_oracle(k):
+    rng = np.random.default_rng(k)
+    distance = oracle.edge_distance(oracle.motion_edges(oracle.piecewise_rigid_flow(40, 33, rng)))
+    np.testing.assert_array_equal(guidance.nms_candidates(distance, k), oracle.nms_candidates(distance, k))
+
+
+def test_single_thread_opencv_is_still_exact():
+    """Single-threaded OpenCV would use IPP's inexact transform; the IPP switch is restored."""
+    threads, use_ipp = cv2.getNumThreads(), cv2.ipp.useIPP()
+    cv2.setNumThreads(1)
+    try:
+        for _, flow in FLOWS[:8]:
+            edges = oracle.motion_edges(flow)
+            distance = guidance.edge_distance(edges)
+            np.testing.assert_array_equal(distance, oracle.edge_distance(edges).astype(np.float32))
+    finally:
+        cv2.setNumThreads(threads)
+    assert cv2.ipp.useIPP() == use_ipp
+
+
+SAMPLE_CONFIGS = [
+    guidance.SamplerConfig(),
+    guidance.SamplerConfig(("grid", "watershed"), 0.000025, 81, 150),
+    guidance.SamplerConfig(("grid", "watershed"), 0.00003629, 67, -1),
+    guidance.SamplerConfig(("watershed",), 0.00015625, 15, -1),
+    guidance.SamplerConfig(("single", "watershed", "uniform", "grid"), 0.001, 41, 7),
+    guidance.SamplerConfig(("uniform",), 0.01, 41, -1),
+]
+
+
+@pytest.mark.parametrize("config", SAMPLE_CONFIGS, ids=str)
+def test_sample_points_equal_oracle(config):
+    for seed, (name, flow) in enumerate(FLOWS):
+        if "single" in config.strategy and not flow.any():
+            continue  # the original fails there (see test_single_on_static_flow)
+        args = (list(config.strategy), config.bg_ratio, config.nms_ks, config.max_num_guide)
+        rows, cols = oracle.sample_points(flow, *args, np.random.default_rng(seed))
+        points = guidance.sample_points(flow, config, np.random.default_rng(seed))
+        assert points.dtype == np.int32 and points.shape == (len(rows), 2), name
+        np.testing.assert_array_equal(points, np.stack([cols, rows], axis=1), err_msg=name)
+
+
+def test_large_flow_is_subsampled_like_the_oracle():
+    flow = oracle.piecewise_rigid_flow(820, 900, np.random.default_rng(5), num_objects=5)  # ds = 2
+    config = guidance.SamplerConfig(("watershed",), nms_ks=41)
+    points = guidance.sample_points(flow, config, np.random.default_rng(0))
+    rows, cols = oracle.sample_points(flow, ["watershed"], config.bg_ratio, 41, -1, np.random.default_rng(0))
+    np.testing.assert_array_equal(points, np.stack([cols, rows], axis=1))
+    assert len(points) > 0 and np.all(points % 2 == 0)
+
+
+def _violations(points, d):
+    diff = np.abs(points[:, None, :] - points[None, :, :])
+    close = (diff[..., 0] < d) & (diff[..., 1] < d)
+    np.fill_diagonal(close, False)
+    return int(close.sum())
+
+
+def test_thinning_rule_and_oracle():
+    rng = np.random.default_rng(7)
+    for n, d in [(0, 5.0), (1, 5.0), (40, 3.0), (300, 20.0), (500, 7.5)]:
+        points = rng.integers(0, 120, (n, 2))
+        kept = guidance.thin_candidates(points, d, np.random.default_rng(n))
+        assert _violations(kept, d) == 0
+        expected = oracle.neighbor_elim(points[:, 0], points[:, 1], d, np.random.default_rng(n))
+        np.testing.assert_array_equal(kept, np.stack(expected, axis=1))
+        # Dropping happens only where needed: every dropped point had a close neighbour.
+        if n >= 40:
+            assert _violations(points, d) > 0 and len(kept) < n
+
+
+def test_watershed_points_respect_distance_rule():
+    for name, flow in FLOWS:
+        points = guidance.watershed_points(flow, 41, np.random.default_rng(0))
+        assert _violations(points, 20) == 0, name
+
+
+def test_max_num_guide_and_guidance_values():
+    rng = np.random.default_rng(3)
+    flow = oracle.piecewise_rigid_flow(128, 160, rng, num_objects=5)
+    unlimited = guidance.sample_points(flow, guidance.SamplerConfig(bg_ratio=0.001, nms_ks=15), rng)
+    assert len(unlimited) > 20
+    for limit in (0, 1, 5, 10_000):
+        config = guidance.SamplerConfig(bg_ratio=0.001, nms_ks=15, max_num_guide=limit)
+        sparse, mask, count = guidance.sample_guidance(flow, config, np.random.default_rng(limit))
+        points = guidance.sample_points(flow, config, np.random.default_rng(limit))
+        assert len(points) == min(limit, len(unlimited))
+        at_points = np.zeros(flow.shape[:2], bool)
+        at_points[points[:, 1], points[:, 0]] = True
+        assert count == at_points.sum()
+        assert sparse.dtype == mask.dtype == np.float32
+        np.testing.assert_array_equal(mask, np.repeat(at_points[..., None], 2, axis=-1).astype(np.float32))
+        np.testing.assert_array_equal(sparse, np.where(at_points[..., None], flow, 0))
+        expected_sparse, expected_mask = oracle.flow_sampler(
+            flow, list(config.strategy), config.bg_ratio, 15, limit, np.random.default_rng(limit)
+        )
+        np.testing.assert_array_equal(sparse, expected_sparse)
+        np.testing.assert_array_equal(mask, expected_mask)
+
+
+def test_points_to_guidance_uses_x_as_column():
+    flow = np.arange(4 * 6 * 2, dtype=np.float32).reshape(4, 6, 2)
+    sparse, mask = guidance.points_to_guidance(flow, np.array([[5, 1], [0, 3], [5, 1]]))
+    assert mask.sum() == 4 and mask[1, 5].all() and mask[3, 0].all()
+    np.testing.assert_array_equal(sparse[1, 5], flow[1, 5])
+    with pytest.raises(ValueError, match="outside"):
+        guidance.points_to_guidance(flow, np.array([[6, 0]]))
+    with pytest.raises(ValueError, match="outside"):
+        guidance.points_to_guidance(flow, np.array([[0, -1]]))
+
+
+@pytest.mark.parametrize(
+    "size,bg_ratio,stride,positions",
+    [
+        (320, 0.00003629, 165, [77, 242]),
+        (320, 0.00015625, 80, [0, 80, 160, 240]),
+        (384, 0.00015625, 80, [32, 112, 192, 272, 352]),
+        (384, 0.000025, 200, [92, 292]),
+        (256, 0.00005632, 133, [61, 194]),
+        (384, 5.74e-5, 131, [61, 192, 323]),
+    ],
+)
+def test_grid_matches_reference_table(size, bg_ratio, stride, positions):
+    assert guidance.SamplerConfig(bg_ratio=bg_ratio).grid_stride == stride
+    points = guidance.grid_points(size, size, bg_ratio)
+    assert sorted(set(points[:, 0].tolist())) == positions
+    assert sorted(set(points[:, 1].tolist())) == positions
+    assert len(points) == len(positions) ** 2
+
+
+def test_grid_non_square_order():
+    points = guidance.grid_points(100, 250, 1 / 80**2)  # rows 10, 90; columns 5, 85, 165, 245
+    expected_x = [5, 5, 85, 85, 165, 165, 245, 245]
+    np.testing.assert_array_equal(points, np.stack([expected_x, [10, 90] * 4], axis=1))
+    zero = np.zeros((100, 250, 2), np.float32)
+    rows, cols = oracle.sample_points(zero, ["grid"], 1 / 80**2, 41, -1, np.random.default_rng(0))
+    assert sorted(zip(cols.tolist(), rows.tolist(), strict=True)) == sorted(map(tuple, points.tolist()))
+
+
+def test_static_flow_gives_only_the_grid():
+    flow = np.full((320, 320, 2), -1.25, np.float32)
+    config = guidance.SamplerConfig(bg_ratio=0.00003629, nms_ks=67)
+    _, mask, count = guidance.sample_guidance(flow, config, np.random.default_rng(0))
+    assert count == 4 == mask[..., 0].sum()
+    rows, _ = oracle.sample_points(flow, ["grid", "watershed"], 0.00003629, 67, -1, np.random.default_rng(0))
+    assert len(rows) == 4
+
+
+def test_single_on_static_flow():
+    flow = np.zeros((30, 40, 2), np.float32)
+    config = guidance.SamplerConfig(("single",))
+    assert len(guidance.sample_points(flow, config, np.random.default_rng(0))) == 0
+    with pytest.raises(ValueError):  # the original draws from an empty range
+        oracle.sample_points(flow, ["single"], config.bg_ratio, 41, -1, np.random.default_rng(0))
+    flow[7, 9, 1] = 0.5
+    np.testing.assert_array_equal(guidance.sample_points(flow, config, np.random.default_rng(0)), [[9, 7]])
+
+
+def test_uniform_count():
+    config = guidance.SamplerConfig(("uniform",), bg_ratio=0.003)
+    points = guidance.sample_points(np.zeros((50, 70, 2), np.float32), config, np.random.default_rng(0))
+    assert len(points) == int(0.003 * 50 * 70) == 10
+    assert points[:, 0].max() < 70 and points[:, 1].max() < 50
+
+
+def test_full_strategy():
+    flow = oracle.piecewise_rigid_flow(20, 30, np.random.default_rng(0))
+    config = guidance.SamplerConfig(("full", "grid"), max_num_guide=3)
+    sparse, mask, count = guidance.sample_guidance(flow, config, np.random.default_rng(0))
+    np.testing.assert_array_equal(sparse, flow)
+    assert mask.dtype == np.float32 and mask.min() == 1 and count == 600
+    points = guidance.sample_points(flow, config, np.random.default_rng(0))
+    assert len(points) == 600 and tuple(points[31]) == (1, 1)
+
+
+def test_deterministic_per_seed():
+    flow = oracle.piecewise_rigid_flow(256, 256, np.random.default_rng(9), num_objects=5)
+    config = guidance.SamplerConfig(("grid", "watershed", "uniform"), bg_ratio=0.0005, nms_ks=15)
+    first = guidance.sample_points(flow, config, np.random.default_rng(1))
+    np.testing.assert_array_equal(first, guidance.sample_points(flow, config, np.random.default_rng(1)))
+    assert not np.array_equal(first, guidance.sample_points(flow, config, np.random.default_rng(2)))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"strategy": ("grid", "gradnms")}, "grid.*watershed.*uniform.*single.*full"),
+        ({"strategy": ()}, "empty"),
+        ({"strategy": ("grid", "grid")}, "twice"),
+        ({"bg_ratio": 0.0}, "bg_ratio"),
+        ({"bg_ratio": 1.5}, "bg_ratio"),
+        ({"bg_ratio": True}, "bg_ratio"),
+        ({"nms_ks": 40}, "odd"),
+        ({"nms_ks": -3}, "odd"),
+        ({"nms_ks": 41.0}, "int"),
+        ({"max_num_guide": -2}, "max_num_guide"),
+        ({"max_num_guide": 1.5}, "max_num_guide"),
+    ],
+)
+def test_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        guidance.SamplerConfig(**kwargs)
+
+
+def test_config_normalises_strategy():
+    assert guidance.SamplerConfig(strategy="watershed").strategy == ("watershed",)
+    assert guidance.SamplerConfig(strategy=["grid", "uniform"]).strategy == ("grid", "uniform")
+    assert guidance.SamplerConfig(bg_ratio=0.00003629).grid_stride == 165 != round(math.sqrt(1 / 0.00003629))
+
+
+def test_flow_shape_errors():
+    with pytest.raises(ValueError, match="shape"):
+        guidance.sample_guidance(np.zeros((10, 10, 3), np.float32), guidance.SamplerConfig(), None)
+    with pytest.raises(ValueError, match="shape"):
+        guidance.motion_edges(np.zeros((10, 10), np.float32))
+
+
+def test_benchmark_cli():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "scripts/benchmark.py", "sampler", "--repeats", "2", "--flows", "1"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("| size | K | G | oracle ms | ours ms |")
+    assert [line.split("|")[1].strip() for line in lines[2:5]] == ["256", "320", "384"]
+    assert lines[-1].startswith("speedup ") and lines[-1].endswith("x")
+    float(lines[-1].split()[1][:-1])
