@@ -92,27 +92,32 @@ class CmpFlow(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         config = self.builder_config
         if config.source == "synthetic":
-            return {
-                "train": self._generate_synthetic(config.synthetic_train, _SYNTHETIC_SEEDS["train"]),
-                "validation": self._generate_synthetic(config.synthetic_val, _SYNTHETIC_SEEDS["validation"]),
-            }
+            return {split: self._generate_examples(split=split) for split in ("train", "validation")}
         root = os.fspath(dl_manager.manual_dir)
         return {
-            "train": self._generate_lists([os.path.join(root, f) for f in config.train_lists], root),
-            "validation": self._generate_lists([os.path.join(root, f) for f in config.val_lists], root),
+            "train": self._generate_examples(
+                list_files=[os.path.join(root, f) for f in config.train_lists], root=root
+            ),
+            "validation": self._generate_examples(
+                list_files=[os.path.join(root, f) for f in config.val_lists], root=root
+            ),
         }
 
-    def _generate_lists(self, list_files: list[str], root: str):
-        entries, _ = lists.read_lists(list_files, root, self.builder_config.flow_type)
+    def _generate_examples(self, split: str = "", list_files: list[str] | None = None, root: str = ""):
+        """Yields (key, example) of a synthetic split, or of the given list files."""
+        config = self.builder_config
+        if config.source == "synthetic":
+            height, width = config.synthetic_size
+            generator = synthetic.SyntheticConfig(height=height, width=width)
+            seed = _SYNTHETIC_SEEDS[split]
+            count = config.synthetic_train if split == "train" else config.synthetic_val
+            for index in range(count):
+                example = synthetic.generate_example(index, generator, seed)
+                key = f"synthetic:{seed}:{index}"
+                yield key, {"frame1": example["frame1"], "flow": example["flow"], "key": key}
+            return
+        entries, _ = lists.read_lists(list_files, root, config.flow_type)
         for entry in entries:
-            example = lists.load_example(entry)
+            example = lists.load_example(entry, frame2=False)
             key = f"{os.path.basename(entry.source)}:{entry.line}"
-            yield key, {"frame1": example["frame1"], "flow": example["flow"], "key": key}
-
-    def _generate_synthetic(self, count: int, seed: int):
-        height, width = self.builder_config.synthetic_size
-        config = synthetic.SyntheticConfig(height=height, width=width)
-        for index in range(count):
-            example = synthetic.generate_example(index, config, seed)
-            key = f"synthetic:{seed}:{index}"
             yield key, {"frame1": example["frame1"], "flow": example["flow"], "key": key}
