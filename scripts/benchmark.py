@@ -151,7 +151,7 @@ def run_pipeline_worker(args: argparse.Namespace) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(args.cores)
     from input_pipeline import guidance, pipeline
 
-    source = pipeline.list_source([args.list], None, "jpg", False)
+    source = pipeline.list_source([args.list], os.path.dirname(args.list), "jpg", False)
     transform = pipeline.TransformConfig(
         short_size=416,
         crop_size=(384, 384),
@@ -183,7 +183,9 @@ def run_pipeline(args: argparse.Namespace) -> None:
                 sys.executable, os.path.abspath(__file__), "_pipeline_worker", "--list", list_file,
                 "--cores", str(cores), "--seconds", str(args.seconds), "--batch", str(args.batch),
             ]  # fmt: skip
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"pipeline worker on {cores} core(s) failed:\n{out.stderr[-4000:]}")
             rates[cores] = float(out.stdout.split("RESULT")[-1])
     print(f"frames {args.height}x{args.width} JPEG, flow as two 8-bit JPEGs; resize to short side 416, "
           "random crop 384x384, grid + watershed guidance (K=81, G=200)")  # fmt: skip
