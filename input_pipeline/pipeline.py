@@ -42,6 +42,7 @@ from typing import Any
 import cv2
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from input_pipeline import guidance, lists, synthetic
 
@@ -174,9 +175,13 @@ class BadExampleCounter:
         self.messages: dict[int, str] = {}
 
     def add(self, index: int, message: str) -> None:
-        """Records that example ``index`` of the source is bad, and why."""
+        """Records that example ``index`` of the source is bad, and why; logs it the first time."""
         with self._lock:
-            self.messages.setdefault(index, message)
+            if index in self.messages:
+                return
+            self.messages[index] = message
+            count = len(self.messages)
+        logging.warning("skipped bad example (%d so far): %s", count, message)
 
     @property
     def count(self) -> int:
@@ -353,6 +358,9 @@ def create_dataset(
       prefetch: batches prepared ahead.
       counter: receives the count of skipped bad examples.
 
+    Sets OpenCV to one thread per call (``cv2.setNumThreads(1)``, process-wide):
+    the examples themselves run in parallel.
+
     Returns:
       A dataset of dicts: ``image`` (D, B, H, W, 3), ``sparse``/``mask``/``flow``
       (D, B, H, W, 2) float32, ``num_guides`` (D, B) int32; D = local_devices,
@@ -360,6 +368,9 @@ def create_dataset(
     """
     if local_batch % local_devices:
         raise ValueError(f"local batch {local_batch} is not divisible by the {local_devices} local devices")
+    # Parallelism comes from tf.data running examples concurrently; OpenCV's own
+    # thread pool inside each call would only oversubscribe the cores.
+    cv2.setNumThreads(1)
     sampler = _Sampler(
         source, transform, seed, process_index, shuffle, skip_bad_examples, counter or BadExampleCounter()
     )
@@ -464,10 +475,10 @@ def create_from_config(
     split: str,
     *,
     local_batch: int,
-    local_devices: int,
+    local_devices: int | None = None,
     start_step: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
+    process_index: int | None = None,
+    process_count: int | None = None,
     counter: BadExampleCounter | None = None,
 ) -> tuple[tf.data.Dataset, Source]:
     """The training (endless, shuffled, random crops) or eval (one pass, centre crops) pipeline.
@@ -476,10 +487,10 @@ def create_from_config(
       config: the experiment config (groups ``data``, ``guidance``; ``seed``).
       split: ``"train"`` or ``"eval"``.
       local_batch: examples per batch on this process.
-      local_devices: devices of this process.
+      local_devices: devices of this process (default ``jax.local_device_count()``).
       start_step: first training step (resume); ignored for eval.
-      process_index: this process.
-      process_count: number of processes.
+      process_index: this process (default ``jax.process_index()``).
+      process_count: number of processes (default ``jax.process_count()``).
       counter: receives the count of skipped bad examples.
 
     Returns:
@@ -488,6 +499,12 @@ def create_from_config(
     """
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if None in (local_devices, process_index, process_count):
+        import jax
+
+        local_devices = jax.local_device_count() if local_devices is None else local_devices
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
     train = split == "train"
     source = source_from_config(config, split, process_index, process_count)
     transform = TransformConfig(

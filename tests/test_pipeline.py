@@ -241,10 +241,10 @@ def test_synthetic_config_source():
     config.data.crop_size = (64, 64)
     config.guidance.bg_ratio = 1 / 400
     config.guidance.nms_ks = 9
-    ds, source = pipeline.create_from_config(config, "train", local_batch=4, local_devices=2)
+    ds, source = pipeline.create_from_config(config, "train", local_batch=8)
     assert source.size == 8
     (batch,) = _batches(ds, 1)
-    assert batch["image"].shape == (2, 2, 64, 64, 3)
+    assert batch["image"].shape == (4, 2, 64, 64, 3)  # jax.local_device_count() = 4 (conftest)
     with pytest.raises(ValueError, match="unknown data.source"):
         config.data.source = "webdataset"
         pipeline.create_from_config(config, "train", local_batch=4, local_devices=2)
