@@ -8,6 +8,10 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# torchvision segfaults when imported after TensorFlow 2.21 in one process (seen with
+# torch 2.14.1 / torchvision 0.29.1); the other order is fine, so import it first.
+import torchvision  # noqa: E402, F401
+
 import jax  # noqa: E402
 
 # Tests compare numbers, not speed: skip XLA's slow optimisation passes.
