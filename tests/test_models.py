@@ -11,7 +11,7 @@ from cmp_jax.models import CMP, build_model
 from cmp_jax.models.decoders import MotionDecoderPlain, MotionDecoderSkipLayer
 from cmp_jax.models.layers import BatchNorm, ModelOps
 from cmp_jax.models.sparse_encoder import ShallowNet
-from tests.helpers import count_params, random_inputs
+from tests.helpers import count_params, random_inputs, random_variables
 
 
 def _abstract_variables(model, height, width, batch=1):
@@ -193,7 +193,7 @@ def test_sync_batchnorm_over_pmap_equals_global_batch():
 def test_alexnet_dropout_needs_rng_and_is_off_in_eval():
     model = CMP(backbone="alexnet")
     image, sparse, mask = random_inputs(1, 128, 128)
-    variables = jax.jit(model.init)(jax.random.key(0), image, sparse, mask)
+    variables = random_variables(model, image, sparse, mask)
     apply = jax.jit(model.apply, static_argnums=4, static_argnames="mutable")
     a = apply(variables, image, sparse, mask, False)
     b = apply(variables, image, sparse, mask, False)
