@@ -104,6 +104,82 @@ def test_single_thread_opencv_is_still_exact():
     assert cv2.ipp.useIPP() == use_ipp
 
 
+def test_float32_distances_keep_the_order():
+    """Distinct square roots of integers stay distinct and ordered in float32.
+
+    Distances are square roots of integers <= 2 * 800**2 (working images are < 800
+    pixels a side), so float32 comparisons (the NMS) decide as the reference's
+    float64 ones.
+    """
+    roots = np.sqrt(np.arange(2 * 800**2 + 1, dtype=np.float64)).astype(np.float32)
+    assert np.all(np.diff(roots) > 0)
+
+
+@pytest.mark.parametrize("k", [3, 5, 15, 41])
+def test_nms_on_plateaus_equals_oracle(k):
+    """Maps with many ties, zeros and local maxima (not distance maps)."""
+    rng = np.random.default_rng(k)
+    for h, w, levels in [(50, 60, 3), (64, 97, 20), (90, 45, 400)]:
+        distance = np.sqrt(rng.integers(0, levels, (h, w)).astype(np.float64))
+        np.testing.assert_array_equal(
+            guidance.nms_candidates(distance, k), oracle.nms_candidates(distance, k), err_msg=f"{h}x{w}"
+        )
+
+
+def _local_edge_maps():
+    """Edge maps whose edges cover only part of the image, some touching its border."""
+    rng = np.random.default_rng(11)
+    maps = []
+    for h, w in [(60, 70), (121, 90), (200, 230), (300, 260)]:
+        for _ in range(4):  # outlines of a few shapes (interior maxima) in a random box
+            canvas = np.zeros((h, w), np.uint8)
+            y0, x0 = rng.integers(-20, h - 10), rng.integers(-20, w - 10)
+            y1, x1 = y0 + rng.integers(10, h), x0 + rng.integers(10, w)
+            for _ in range(rng.integers(1, 4)):
+                cy, cx = rng.integers(y0, y1), rng.integers(x0, x1)
+                ry, rx = rng.integers(3, (y1 - y0) // 2 + 4), rng.integers(3, (x1 - x0) // 2 + 4)
+                if rng.random() < 0.5:
+                    cv2.rectangle(canvas, (int(cx - rx), int(cy - ry)), (int(cx + rx), int(cy + ry)), 1)
+                else:
+                    cv2.ellipse(canvas, (int(cx), int(cy)), (int(rx), int(ry)), 0, 0, 360, 1)
+            clutter = np.zeros((h, w), bool)
+            clutter[max(y0, 0) : y1, max(x0, 0) : x1] = (
+                rng.random((h, w))[max(y0, 0) : y1, max(x0, 0) : x1] < 0.003
+            )
+            maps.append((canvas > 0) | clutter)
+        for y, x in [(0, 0), (h - 1, w // 2), (h // 2, w - 1), (h // 3, w // 4)]:
+            edges = np.zeros((h, w), bool)
+            edges[y, x] = True
+            maps.append(edges)
+        edges = np.zeros((h, w), bool)
+        edges[0, :] = True  # a whole image row
+        maps.append(edges)
+    return maps
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 15, 41, 81])
+def test_edge_box_crop_equals_oracle(k):
+    """The watershed computes the distance only on the edges' bounding box widened by K // 2."""
+    for i, edges in enumerate(_local_edge_maps()):
+        rows, cols = guidance._watershed_candidates(edges, k)
+        expected = oracle.nms_candidates(oracle.edge_distance(edges), k)
+        np.testing.assert_array_equal(rows, np.nonzero(expected)[0], err_msg=f"map {i}")
+        np.testing.assert_array_equal(cols, np.nonzero(expected)[1], err_msg=f"map {i}")
+
+
+def test_threshold_ties_are_decided_in_float64(monkeypatch):
+    """Strengths exactly at 0.1 * peak: float32 cannot decide, the float64 recheck does."""
+    rechecked = []
+    exact = guidance._edge_strength_exact
+    monkeypatch.setattr(guidance, "_edge_strength_exact", lambda *args: rechecked.append(1) or exact(*args))
+    for step in (1.0, 0.3, 0.7, 3e-3, 12.5):
+        flow = np.zeros((40, 50, 2), np.float32)
+        flow[:, 20:, 0] = np.float32(10 * step)  # Sobel strength 40 * step: the peak
+        flow[5:30, 35:, 1] = np.float32(step)  # 4 * step: at the threshold
+        np.testing.assert_array_equal(guidance.motion_edges(flow), oracle.motion_edges(flow), err_msg=step)
+    assert rechecked
+
+
 SAMPLE_CONFIGS = [
     guidance.SamplerConfig(),
     guidance.SamplerConfig(("grid", "watershed"), 0.000025, 81, 150),
@@ -153,6 +229,31 @@ def test_thinning_rule_and_oracle():
         # Dropping happens only where needed: every dropped point had a close neighbour.
         if n >= 40:
             assert _violations(points, d) > 0 and len(kept) < n
+
+
+def test_thinning_special_cases_and_generator_state():
+    """Thinning of row-major and unsorted points, duplicates, huge coordinates, fractional d.
+
+    The generator must end where the reference's one draw per contested pair leaves it.
+    """
+    rng = np.random.default_rng(8)
+    grid = np.stack(np.divmod(np.sort(rng.choice(200 * 200, 400, replace=False)), 200), axis=1)
+    cases = [
+        (grid, 20.0),  # row-major, as the sampler passes them
+        (grid, 40.0),
+        (grid[::-1], 20.0),
+        (np.repeat(rng.integers(0, 30, (30, 2)), 2, axis=0), 4.0),  # duplicates
+        (rng.integers(-(10**12), 10**12, (50, 2)) // 10**10 * 10**10, 3e10),  # int64 differences
+        (rng.integers(0, 50, (80, 2)), 2.5),
+        (rng.integers(0, 50, (80, 2)), 0.5),
+        (rng.integers(0, 50, (80, 2)), 0.0),
+    ]
+    for i, (points, d) in enumerate(cases):
+        ours, reference = np.random.default_rng(i), np.random.default_rng(i)
+        kept = guidance.thin_candidates(points, d, ours)
+        expected = oracle.neighbor_elim(points[:, 0], points[:, 1], d, reference)
+        np.testing.assert_array_equal(kept, np.stack(expected, axis=1), err_msg=f"case {i}")
+        assert ours.random() == reference.random(), f"case {i}"
 
 
 def test_watershed_points_respect_distance_rule():
