@@ -29,38 +29,59 @@ Conventions: images are (H, W, ...) arrays indexed [row, column] = [y, x]; flow
 channels are (dx, dy) in pixels; points are int32 (N, 2) arrays of (x, y) pixel
 positions, x = column, y = row.
 
-Exactness: the reference computes the motion edges in float64 (SciPy's
-``convolve2d`` with the integer Sobel kernel), where the Sobel sums are exact.
-Here they are computed in float32 with OpenCV, and the few pixels whose float32
-strength lies within a proven rounding bound of the threshold are recomputed in
-float64 the reference's way, so the edge map is the reference's bit for bit.
-The distance transform is OpenCV's own exact ``DIST_MASK_PRECISE``
-implementation; its Intel IPP variant, which OpenCV picks when it runs
-single-threaded, is off by up to 2 ulp and gives equal distances different
-values (and is slower), so IPP is switched off (a per-thread OpenCV setting)
-around that call. Distances are square roots of integers (squared pixel
-distances); below 2 * 800**2 (working images are < 800 pixels a side) distinct
-integers keep distinct, ordered float32 roots, so float32 comparisons decide as
-the reference's float64 ones. Further shortcuts, each exact:
+Exactness: every value the reference compares is computed here with the same
+float64 operations, or replaced by an exact integer; the watershed stage is a
+few numba kernels (compiled on first use and cached in ``__pycache__``; no
+fast-math, so LLVM keeps IEEE semantics and contracts no multiply-adds).
+
+* Edges: the reference's ``convolve2d`` converts the flow to float64 and, per
+  output pixel, adds ``in * kernel`` over the kernel rows, then columns, of the
+  flipped kernel, starting from 0.0; symmetric borders repeat the edge pixel
+  (row -1 = row 0, row H = row H - 1). The kernel's weights are 0, +-1, +-2, so
+  every product of a float32 value is exact in float64, and the sums are taken
+  here in exactly that order: the Sobel responses are the reference's bit for
+  bit, even where the float64 sums round (values spanning more than 2**26 in
+  magnitude). The kernel's zero terms are left out, which changes at most the
+  sign of a zero sum (erased by the square), except for non-finite flow
+  (``inf * 0`` is NaN): then any non-finite input makes some strength
+  non-finite, and the strengths are recomputed with the zero terms. Then
+  ``sqrt(gx * gx + gy * gy)`` per channel (NumPy's ``x**2`` is ``x * x``;
+  square roots are correctly rounded), the two channels added, the peak taken
+  with NumPy's NaN semantics, ``max(peak, 0.01)``, and the division followed by
+  the ``> 0.1`` comparison, as the reference does.
+* Distances: SciPy's ``distance_transform_edt`` returns the float64 square root
+  of the integer squared distance to the nearest edge pixel (without any edge
+  pixel: to a virtual pixel at row -1, column 0). Squared distances are computed
+  exactly in int64 (column distances, then Felzenszwalb and Huttenlocher's lower
+  envelope of parabolas along the rows, intersections compared as fractions by
+  cross-multiplication). Distinct integers below 2**52 have distinct, ordered
+  float64 roots, so the non-maximum suppression compares the integers and decides
+  as the reference (ties exactly where the squared distances are equal).
+  ``edge_distance`` returns their float64 roots rounded to float32; below
+  2 * 800**2 distinct integers keep distinct, ordered float32 roots.
+
+Further shortcuts, each exact:
 
 * For K >= 3 no candidate lies outside the bounding box of the edge pixels: if
   every edge pixel is at or below row y, the pixel above a pixel of row y is
   farther from each of them, and it lies in the window. The distance transform
   is computed only on that box widened by K // 2 (clipped to the image), which
   holds every edge pixel and every window of a pixel in the box.
-* A candidate is also the maximum of its 3 x 3 neighbourhood, so only those
-  few hundred pixels are compared with their K x K maximum.
+* A candidate is also the maximum of its 3 x 3 neighbourhood (one vectorised
+  pass), so only those few hundred pixels are compared with their K x K window,
+  rows nearest the pixel first.
 * In the thinning, the reference also visits the pairs (i, j) with i > j, but by
   then one of the two is always dropped: j was visited first and either was
   dropped or dropped all its close points still kept.
 
-Speed: every full-image step is one OpenCV or NumPy call on float32 (OpenCV
-releases the GIL); K x K maxima use log2(K) + 1 shifted maxima per axis,
-independent of K. At 384 x 384, K = 81 one sample takes 4-5.5 ms on one core of
-the development machine (the SciPy reference 40-65 ms; the machine's speed
-drifts): edges about 1.2 ms, the exact distance transform on the widened edge box
-about 1.6 ms (2.3 ms on the whole image), the non-maximum suppression about
-0.7 ms, the thinning about 0.4 ms.
+Speed: at 384 x 384, K = 81 one sample takes about 3-4.5 ms on one core of the
+(shared, noisy) development machine, the SciPy reference 35-60 ms: edges about
+0.7 ms, the exact squared distance transform on the widened edge box and the
+non-maximum suppression together 1.2-2.1 ms (depending on the box; about
+1.3 ms and 0.45 ms on the whole image), the thinning 0.3-0.5 ms. The first call
+in a fresh environment compiles the kernels (7-10 s, 1-2 s more for the
+float64 ``nms_candidates``); later processes load them from the cache in about
+0.4 s.
 """
 
 from __future__ import annotations
@@ -69,13 +90,10 @@ import dataclasses
 import math
 import numbers
 
-import cv2
+import numba
 import numpy as np
 
 STRATEGIES = ("grid", "watershed", "uniform", "single", "full")
-
-# Above this many pixels, exact edge strengths are computed for the whole image.
-_MAX_EXACT_PIXELS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,49 +154,349 @@ def _check_flow(flow: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(flow, dtype=np.float32)
 
 
-def _nonzero(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and columns of the True pixels of an (H, W) mask, row-major (np.nonzero is slower)."""
-    return np.divmod(np.flatnonzero(mask), mask.shape[1])
-
-
 def _xy(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """(N, 2) int32 (x, y) points from row and column index arrays."""
     return np.stack([cols, rows], axis=1).astype(np.int32).reshape(-1, 2)
 
 
-_SOBEL_X = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], np.float64)
+# The numba kernels below are compiled on first use (cached in __pycache__). They
+# allocate all their buffers per call, so concurrent calls from several threads
+# (nogil) share no mutable state.
+_NO_EDGE = 1 << 40  # column distance of a column without any edge pixel
 
 
-def _edge_strength_exact(flow: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Float64 edge strength at some pixels, computed as the reference does.
+@numba.njit(cache=True, nogil=True)
+def _load_row(flow, y, rows, slot):
+    """Copies flow row y into ``rows[c, slot, 1:-1]`` (float64) with one repeated pixel each side."""
+    w = flow.shape[1]
+    first, second = rows[0, slot], rows[1, slot]
+    for x in range(w):
+        first[x + 1] = flow[y, x, 0]
+        second[x + 1] = flow[y, x, 1]
+    first[0], first[w + 1] = first[1], first[w]
+    second[0], second[w + 1] = second[1], second[w]
 
-    The Sobel sums of float32 values are exact in float64 (unless the values
-    span more than ~2**27 in magnitude), so any summation order gives the
-    reference's value; magnitudes and the channel sum use the same float64
-    operations as the reference.
+
+@numba.njit(cache=True, nogil=True)
+def _edge_strength(flow, literal):
+    """Float64 edge strength, (H, W): per-channel Sobel magnitudes of (H, W, 2) flow, summed.
+
+    Sums the terms in the order of SciPy's ``convolve2d`` (kernel rows, then
+    columns, of the flipped kernel) with symmetric borders (row -1 = row 0, row H =
+    row H - 1). ``literal`` also adds the kernel's zero terms (``x * 0.0``), which
+    only matter for non-finite flow (``inf * 0`` is NaN); otherwise they add a
+    zero and change at most the sign of a zero sum, which the squares erase.
+    """
+    h, w = flow.shape[0], flow.shape[1]
+    rows = np.empty((2, 3, w + 2), np.float64)  # ring of 3 padded rows per channel
+    strength = np.empty((h, w), np.float64)
+    _load_row(flow, 0, rows, 0)
+    for y in range(h):
+        if y + 1 < h:
+            _load_row(flow, y + 1, rows, (y + 1) % 3)
+        out = strength[y]
+        for c in range(2):
+            a = rows[c, min(y + 1, h - 1) % 3]  # convolution row y + 1 - j for j = 0, 1, 2
+            b = rows[c, y % 3]
+            d = rows[c, max(y - 1, 0) % 3]
+            for x in range(w):  # padded column x + 2 - i is image column x + 1 - i
+                if literal:
+                    gx = 0.0
+                    gx += a[x + 2] * 1.0
+                    gx += a[x + 1] * 0.0
+                    gx += a[x] * -1.0
+                    gx += b[x + 2] * 2.0
+                    gx += b[x + 1] * 0.0
+                    gx += b[x] * -2.0
+                    gx += d[x + 2] * 1.0
+                    gx += d[x + 1] * 0.0
+                    gx += d[x] * -1.0
+                    gy = 0.0
+                    gy += a[x + 2] * 1.0
+                    gy += a[x + 1] * 2.0
+                    gy += a[x] * 1.0
+                    gy += b[x + 2] * 0.0
+                    gy += b[x + 1] * 0.0
+                    gy += b[x] * 0.0
+                    gy += d[x + 2] * -1.0
+                    gy += d[x + 1] * -2.0
+                    gy += d[x] * -1.0
+                else:
+                    gx = a[x + 2] - a[x] + 2.0 * b[x + 2] - 2.0 * b[x] + d[x + 2] - d[x]
+                    gy = a[x + 2] + 2.0 * a[x + 1] + a[x] - d[x + 2] - 2.0 * d[x + 1] - d[x]
+                magnitude = np.sqrt(gx * gx + gy * gy)
+                out[x] = magnitude if c == 0 else out[x] + magnitude
+    return strength
+
+
+@numba.njit(cache=True, nogil=True)
+def _peak(strength):
+    """``strength.max()`` with NumPy's semantics (NaN if any value is NaN), of an (H, W) array."""
+    h, w = strength.shape
+    column_max = np.full(w, -np.inf)
+    column_nan = np.zeros(w, np.bool_)
+    for y in range(h):  # column-wise maxima: vectorised across the row
+        row = strength[y]
+        for x in range(w):
+            value = row[x]
+            column_max[x] = value if value > column_max[x] else column_max[x]
+            column_nan[x] |= value != value
+    peak = -np.inf
+    for x in range(w):
+        if column_nan[x]:
+            return np.nan
+        peak = max(peak, column_max[x])
+    return peak
+
+
+@numba.njit(cache=True, nogil=True)
+def _least_above(peak):
+    """The least float64 s with ``s / peak > 0.1`` (peak positive and finite).
+
+    Rounded division is monotone in the dividend, so ``s / peak > 0.1`` holds
+    exactly for the s >= this value: one comparison per pixel, not a division.
+    """
+    low = 0.1 * peak
+    while low / peak > 0.1:
+        low = np.nextafter(low, -np.inf)
+    while not low / peak > 0.1:
+        low = np.nextafter(low, np.inf)
+    return low
+
+
+@numba.njit(cache=True, nogil=True)
+def _motion_edges(flow):
+    """(H, W) bool edge map of (H, W, 2) float32 flow; see ``motion_edges``."""
+    strength = _edge_strength(flow, False)
+    peak = _peak(strength)
+    if not np.abs(peak) < np.inf:  # a non-finite flow value: add the zero terms too
+        strength = _edge_strength(flow, True)
+        peak = _peak(strength)
+    if 0.01 > peak:  # Python's max(peak, 0.01), NaN kept
+        peak = 0.01
+    h, w = strength.shape
+    edges = np.empty((h, w), np.bool_)
+    if not np.abs(peak) < np.inf:
+        for y in range(h):
+            for x in range(w):
+                edges[y, x] = strength[y, x] / peak > 0.1
+        return edges
+    low = _least_above(peak)
+    for y in range(h):
+        for x in range(w):
+            edges[y, x] = strength[y, x] >= low
+    return edges
+
+
+@numba.njit(cache=True, nogil=True)
+def _squared_distance(edges, top, bottom, left, right):
+    """Exact squared Euclidean distance to the nearest edge pixel, on a box of the edge map.
+
+    Distances within each column of the box, then the lower envelope of the
+    parabolas ``(x - q)**2 + g[q]**2`` along each row (Felzenszwalb and
+    Huttenlocher), all in int64: the intersections of parabolas are compared as
+    fractions by cross-multiplication, so no rounding is involved. Without any
+    edge pixel in the box, SciPy's virtual edge pixel at image row -1, column 0
+    is used (only meaningful for the whole image).
 
     Args:
-      flow: (H, W, 2) float32 flow.
-      rows: (N,) row (y) indices.
-      cols: (N,) column (x) indices.
+      edges: (H, W) bool edge map, indexed [y, x].
+      top: first row of the box.
+      bottom: end row (exclusive).
+      left: first column.
+      right: end column (exclusive).
 
     Returns:
-      (N,) float64 strengths.
+      (bottom - top, right - left) int64 squared distances in pixels**2.
     """
-    h, w = flow.shape[:2]
-    if len(rows) > _MAX_EXACT_PIXELS:  # e.g. a flow with the same gradient everywhere
-        gx = cv2.Sobel(flow, cv2.CV_64F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)
-        gy = cv2.Sobel(flow, cv2.CV_64F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
-        magnitude = np.sqrt(gx**2 + gy**2)
-        return (magnitude[..., 0] + magnitude[..., 1])[rows, cols]
-    offsets = np.arange(-1, 2)
-    r = np.clip(rows[:, None] + offsets, 0, h - 1)  # symmetric border = clip for a 3x3 kernel
-    c = np.clip(cols[:, None] + offsets, 0, w - 1)
-    patch = flow[r[:, :, None], c[:, None, :]].astype(np.float64)  # (n, 3, 3, 2)
-    gx = (patch * _SOBEL_X[:, :, None]).sum(axis=(1, 2))
-    gy = (patch * _SOBEL_X.T[:, :, None]).sum(axis=(1, 2))
-    magnitude = np.sqrt(gx**2 + gy**2)
-    return magnitude[:, 0] + magnitude[:, 1]
+    bh, bw = bottom - top, right - left
+    out = np.empty((bh, bw), np.int64)
+    if bh <= 0 or bw <= 0:
+        return out
+    g = np.empty((bh, bw), np.int64)
+    for x in range(bw):
+        g[0, x] = 0 if edges[top, left + x] else _NO_EDGE
+    for y in range(1, bh):
+        for x in range(bw):
+            g[y, x] = 0 if edges[top + y, left + x] else g[y - 1, x] + 1
+    for y in range(bh - 2, -1, -1):
+        for x in range(bw):
+            g[y, x] = min(g[y, x], g[y + 1, x] + 1)
+    if g[0].min() >= _NO_EDGE // 2:
+        for y in range(bh):
+            for x in range(bw):
+                out[y, x] = (top + y + 1) ** 2 + (left + x) ** 2
+        return out
+    v = np.empty(bw, np.int64)  # columns of the envelope's parabolas
+    f = np.empty(bw, np.int64)  # their g**2 + q**2
+    zn = np.empty(bw, np.int64)  # parabola i is lowest from zn[i] / zd[i] on (zd > 0)
+    zd = np.empty(bw, np.int64)
+    for y in range(bh):
+        column = g[y]
+        k = -1
+        for q in range(bw):
+            if column[q] >= _NO_EDGE // 2:
+                continue
+            fq = column[q] * column[q] + q * q
+            num, den = 0, 1
+            while k >= 0:
+                num, den = fq - f[k], 2 * (q - v[k])  # intersection with parabola k at num / den
+                if k > 0 and num * zd[k] <= zn[k] * den:
+                    k -= 1
+                else:
+                    break
+            k += 1
+            v[k], f[k], zn[k], zd[k] = q, fq, num, den
+        row = out[y]
+        begin = 0
+        for j in range(k + 1):  # parabola j is lowest for the integers x > zn[j] / zd[j]
+            end = bw if j == k else min(bw, max(0, zn[j + 1] // zd[j + 1] + 1))
+            height, centre = f[j] - v[j] * v[j], v[j]
+            for x in range(begin, end):
+                row[x] = height + (x - centre) * (x - centre)
+            begin = max(begin, end)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _nms(values, k, top, bottom, left, right):
+    """Pixels of a region that equal the maximum of their K x K window and are > 0.
+
+    The window is centred on the pixel and clipped to the array, which equals
+    ``scipy.ndimage.maximum_filter(size=k, mode='reflect')``: reflection only
+    brings in pixels of the clipped window. For K >= 3 a kept pixel is also the
+    maximum of its 3 x 3 neighbourhood (one vectorised pass over the region), so
+    only those few hundred pixels are compared with their K x K window, a row at
+    a time, rows nearest the pixel first: a larger value is usually close.
+
+    Args:
+      values: (N, M) array (int64 squared distances or float distances), [y, x].
+      k: odd window size in pixels.
+      top: first row of the region searched.
+      bottom: end row (exclusive).
+      left: first column.
+      right: end column (exclusive); the region must leave out the array's
+        outermost row and column on every side.
+
+    Returns:
+      rows, cols: (P,) int64 indices of the kept pixels, in row-major order.
+    """
+    n, m = values.shape
+    if bottom <= top or right <= left:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    flags = np.empty((bottom - top, right - left), np.bool_)
+    if k == 1:
+        for y in range(top, bottom):
+            for x in range(left, right):
+                flags[y - top, x - left] = values[y, x] > 0
+        rows, cols = np.nonzero(flags)
+        return rows + top, cols + left
+    # Maxima of their 3 x 3 neighbourhood: maxima over 3 columns of 3 rows (vectorised).
+    triple = np.empty((3, right - left), values.dtype)
+    for y in range(top - 1, bottom + 1):
+        row, out = values[y], triple[y % 3]
+        for x in range(left, right):
+            out[x - left] = max(max(row[x - 1], row[x]), row[x + 1])
+        if y >= top + 1:
+            centre, above, below, flag = values[y - 1], triple[(y - 2) % 3], triple[y % 3], flags[y - 1 - top]
+            mid = triple[(y - 1) % 3]
+            for x in range(left, right):
+                value = centre[x]
+                flag[x - left] = (value > 0) & (
+                    value >= max(max(above[x - left], mid[x - left]), below[x - left])
+                )
+    rows, cols = np.nonzero(flags)
+    rows += top
+    cols += left
+    # Then the K x K window. A kept neighbour processed before (left or above:
+    # row-major order) is no larger, and so is its whole window: only the part of
+    # the window outside the neighbour's needs checking (a row or a column along
+    # ridges and plateaus). Otherwise the whole window, rows nearest the pixel
+    # first (a larger value is usually close).
+    half = k // 2
+    keep = np.ones(len(rows), np.bool_)
+    for i in range(len(rows)):
+        y, x = rows[i], cols[i]
+        value = values[y, x]
+        y0, y1 = max(0, y - half), min(n, y + half + 1)
+        x0, x1 = max(0, x - half), min(m, x + half + 1)
+        ny, nx = -1, -1  # a kept neighbour, if any
+        for dy, dx in ((0, -1), (-1, -1), (-1, 0), (-1, 1)):
+            fy, fx = y + dy - top, x + dx - left
+            if 0 <= fy < bottom - top and 0 <= fx < right - left and flags[fy, fx]:
+                ny, nx = y + dy, x + dx
+                break
+        larger = False
+        if ny >= 0:
+            ny0, ny1 = max(0, ny - half), min(n, ny + half + 1)
+            nx0, nx1 = max(0, nx - half), min(m, nx + half + 1)
+            for yy in range(y0, y1):
+                row = values[yy]
+                if ny0 <= yy < ny1:  # columns outside the neighbour's window
+                    for xx in range(x0, min(x1, nx0)):
+                        larger |= row[xx] > value
+                    for xx in range(max(x0, nx1), x1):
+                        larger |= row[xx] > value
+                else:
+                    for xx in range(x0, x1):
+                        larger |= row[xx] > value
+                if larger:
+                    break
+        else:
+            for step in range(2 * half + 1):
+                yy = y + (step + 1) // 2 if step % 2 else y - step // 2
+                if yy < y0 or yy >= y1:
+                    continue
+                row = values[yy]
+                peak = row[x0]
+                for xx in range(x0 + 1, x1):
+                    peak = max(peak, row[xx])
+                if peak > value:
+                    larger = True
+                    break
+        keep[i] = not larger
+        flags[y - top, x - left] = not larger
+    return rows[keep], cols[keep]
+
+
+@numba.njit(cache=True, nogil=True)
+def _watershed_candidates(edges, k):
+    """Rows and columns (row-major) of ``nms_candidates(edge_distance(edges), k)``.
+
+    For K >= 3 no candidate lies outside the bounding box of the edge pixels: above
+    it, say, every edge pixel is below, so the pixel one row up is farther from all
+    of them and lies in the window. Windows of pixels in the box reach at most
+    K // 2 pixels beyond it, and every edge pixel lies inside, so the exact
+    transform is computed only on the box widened by K // 2 (clipped to the image).
+    Squared distances are compared: the reference's float64 square roots of these
+    integers (< 2**52) are distinct for distinct integers and in the same order.
+
+    Args:
+      edges: (H, W) bool edge map, indexed [y, x].
+      k: odd window size in pixels.
+
+    Returns:
+      rows, cols: (N,) int64 indices.
+    """
+    h, w = edges.shape
+    y0, y1, x0, x1 = h, -1, w, -1  # inclusive bounding box of the edge pixels
+    for y in range(h):
+        row = edges[y]
+        for x in range(w):
+            if row[x]:
+                y0, y1 = min(y0, y), y
+                x0, x1 = min(x0, x), max(x1, x)
+    if k == 1 or y1 < 0:
+        top, bottom, left, right = 0, h, 0, w
+        region = (1, h - 1, 1, w - 1)
+    else:
+        half = k // 2
+        top, bottom = max(0, y0 - half), min(h, y1 + 1 + half)
+        left, right = max(0, x0 - half), min(w, x1 + 1 + half)
+        region = (max(y0, 1) - top, min(y1 + 1, h - 1) - top, max(x0, 1) - left, min(x1 + 1, w - 1) - left)
+    distance = _squared_distance(edges, top, bottom, left, right)
+    rows, cols = _nms(distance, k, region[0], region[1], region[2], region[3])
+    return rows + top, cols + left
 
 
 def motion_edges(flow: np.ndarray) -> np.ndarray:
@@ -186,10 +504,9 @@ def motion_edges(flow: np.ndarray) -> np.ndarray:
 
     Sobel gradients (3x3, symmetric borders) of each flow channel, gradient
     magnitude per channel, summed over the channels, divided by
-    ``max(max, 0.01)`` and thresholded at ``> 0.1``. Computed in float32 with
-    OpenCV; pixels whose float32 strength is too close to the threshold (or to
-    the maximum) for rounding to be ruled out are recomputed in float64 as the
-    reference does, so the map equals the float64 reference's bit for bit.
+    ``max(max, 0.01)`` and thresholded at ``> 0.1``, all in float64 with the
+    reference's operations (see the module docstring), so the map equals the
+    reference's bit for bit.
 
     Args:
       flow: (H, W, 2) flow (dx, dy) in pixels.
@@ -197,45 +514,7 @@ def motion_edges(flow: np.ndarray) -> np.ndarray:
     Returns:
       (H, W) bool, True at motion edges; indexed [y, x].
     """
-    flow = _check_flow(flow)
-    h, w = flow.shape[:2]
-    gx = cv2.Sobel(flow, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT).reshape(h, 2 * w)
-    gy = cv2.Sobel(flow, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT).reshape(h, 2 * w)
-    magnitude = cv2.magnitude(gx, gy, gx)  # in place: channels interleaved along the rows
-    edge = np.add(magnitude[:, 0::2], magnitude[:, 1::2])
-    # |float32 - float64 strength| <= 2**-16 * max|flow| (Sobel weights sum to 8 in
-    # absolute value; a few roundings of 2**-24 each), doubled for safety.
-    slack = 2.0**-15 * cv2.norm(flow.reshape(h, 2 * w), cv2.NORM_INF)
-    peak32 = float(edge.max())
-    # The float64 threshold 0.1 * max(peak, 0.01) lies in [low, high].
-    low = 0.1 * max(peak32 - slack, 0.01) - slack
-    high = 0.1 * max(peak32 + slack, 0.01) + slack
-    low, high = low - 1e-6 * abs(low), high + 1e-6 * high
-    edges = edge > high
-    if np.count_nonzero(edge >= low) > np.count_nonzero(edges):
-        doubt = _nonzero((edge >= low) ^ edges)
-        near_peak = _nonzero(edge >= peak32 - 2 * slack)
-        peak = max(float(_edge_strength_exact(flow, *near_peak).max()), 0.01)
-        edges[doubt] = _edge_strength_exact(flow, *doubt) / peak > 0.1
-    return edges
-
-
-def _distance_transform(not_edges: np.ndarray) -> np.ndarray:
-    """OpenCV's exact Euclidean distance transform, with its inexact IPP variant off.
-
-    Args:
-      not_edges: (H, W) uint8, 0 at edge pixels and non-zero elsewhere; at least
-        one edge pixel.
-
-    Returns:
-      (H, W) float32 distances in pixels to the nearest edge pixel.
-    """
-    use_ipp = cv2.ipp.useIPP()
-    cv2.ipp.setUseIPP(False)  # IPP's transform is inexact (see the module docstring); per thread.
-    try:
-        return cv2.distanceTransform(not_edges, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    finally:
-        cv2.ipp.setUseIPP(use_ipp)
+    return _motion_edges(_check_flow(flow))
 
 
 def edge_distance(edges: np.ndarray) -> np.ndarray:
@@ -252,87 +531,9 @@ def edge_distance(edges: np.ndarray) -> np.ndarray:
     Returns:
       (H, W) float32 distances; 0 at edge pixels.
     """
-    edges = np.asarray(edges, dtype=bool)
-    if not edges.any():
-        h, w = edges.shape
-        y = np.arange(1, h + 1, dtype=np.float64)[:, None]
-        x = np.arange(w, dtype=np.float64)[None, :]
-        return np.sqrt(y * y + x * x).astype(np.float32)
-    return _distance_transform(np.ascontiguousarray(np.logical_not(edges)).view(np.uint8))
-
-
-def _running_max_rows(a: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
-    """Maximum over the k rows centred on each row (k odd), clipped to the array.
-
-    Doubling (sparse-table) scheme: log2(k) + 1 elementwise maxima of shifted views.
-
-    Args:
-      a: (N, M) float32 array.
-      k: odd window size in rows.
-      rows: optional (R,) row indices; only their maxima are returned.
-
-    Returns:
-      (N, M) float32, or (R, M) when ``rows`` is given.
-    """
-    n = a.shape[0]
-    half = k // 2
-    m = cv2.copyMakeBorder(a, half, half, 0, 0, cv2.BORDER_CONSTANT, value=-np.inf)
-    width = 1
-    while 2 * width <= k:
-        m = np.maximum(m[:-width], m[width:])  # m[i] = max of `2 * width` padded rows from i
-        width *= 2
-    if rows is None:
-        return np.maximum(m[:n], m[k - width : k - width + n])
-    return np.maximum(m[rows], m[rows + (k - width)])
-
-
-def _nms_points(
-    distance: np.ndarray, k: int, region: tuple[int, int, int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels of a region that equal the maximum of their K x K window and are > 0.
-
-    The window is centred on the pixel and clipped to the array, which equals
-    ``scipy.ndimage.maximum_filter(size=k, mode='reflect')``: reflection only
-    brings in pixels of the clipped window. For K >= 3 a kept pixel is also the
-    maximum of its 3 x 3 neighbourhood, so only those (a few hundred in a
-    distance map) are compared with their K x K maximum: the maximum over K rows
-    (all columns of the rows concerned), then over K columns of the rows that
-    hold such pixels.
-
-    Args:
-      distance: (H, W) float32 distances, indexed [y, x].
-      k: odd window size in pixels.
-      region: ``(top, bottom, left, right)``, the half-open row and column ranges
-        searched; they must leave out the array's outermost row and column on
-        every side.
-
-    Returns:
-      rows, cols: (N,) int64 indices of the kept pixels, in row-major order.
-    """
-    top, bottom, left, right = region
-    if bottom <= top or right <= left:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    inner = distance[top:bottom, left:right]
-    if k == 1:
-        rows, cols = _nonzero(inner > 0)
-        return rows + top, cols + left
-    peak = cv2.dilate(distance[top - 1 : bottom + 1, left - 1 : right + 1], None)[1:-1, 1:-1]
-    rows, cols = _nonzero(inner >= peak)
-    rows, cols = rows + top, cols + left
-    value = distance[rows, cols]
-    positive = value > 0
-    rows, cols, value = rows[positive], cols[positive], value[positive]
-    if not len(rows):
-        return rows, cols
-    half = k // 2
-    # Only the maxima over the windows of these pixels are needed.
-    first, last = max(0, rows[0] - half), rows[-1] + half + 1
-    start, stop = max(0, cols.min() - half), cols.max() + half + 1
-    new_line = np.diff(rows, prepend=-1) > 0  # rows are sorted
-    column_max = _running_max_rows(distance[first:last, start:stop], k, rows[new_line] - first)
-    window_max = _running_max_rows(cv2.transpose(column_max), k)  # [x - start, line]
-    keep = value >= window_max[cols - start, np.cumsum(new_line) - 1]
-    return rows[keep], cols[keep]
+    edges = np.ascontiguousarray(edges, dtype=bool)
+    h, w = edges.shape
+    return np.sqrt(_squared_distance(edges, 0, h, 0, w)).astype(np.float32)
 
 
 def nms_candidates(distance: np.ndarray, k: int) -> np.ndarray:
@@ -342,52 +543,18 @@ def nms_candidates(distance: np.ndarray, k: int) -> np.ndarray:
     on them (ties kept), is > 0, and that are not on the 1-pixel image border.
 
     Args:
-      distance: (H, W) float distances in pixels (``edge_distance``: square roots
-        of integers, compared in float32), [y, x].
+      distance: (H, W) float distances in pixels, [y, x]; compared in float64
+        (float32 input exactly converted).
       k: odd window size in pixels.
 
     Returns:
       (H, W) bool candidate map, indexed [y, x].
     """
-    distance = np.ascontiguousarray(distance, dtype=np.float32)
+    distance = np.ascontiguousarray(distance, dtype=np.float64)
     h, w = distance.shape
     candidates = np.zeros((h, w), dtype=bool)
-    candidates[_nms_points(distance, k, (1, h - 1, 1, w - 1))] = True
+    candidates[_nms(distance, k, 1, h - 1, 1, w - 1)] = True
     return candidates
-
-
-def _watershed_candidates(edges: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and columns (row-major) of ``nms_candidates(edge_distance(edges), k)``.
-
-    For K >= 3 no candidate lies outside the bounding box of the edge pixels: above
-    it, say, every edge pixel is below, so the pixel one row up is farther from all
-    of them and lies in the window. Windows of pixels in the box reach at most
-    K // 2 pixels beyond it, and every edge pixel lies inside, so the exact
-    transform is computed only on the box widened by K // 2 (clipped to the image).
-
-    Args:
-      edges: (H, W) bool edge map, indexed [y, x].
-      k: odd window size in pixels.
-
-    Returns:
-      rows, cols: (N,) int64 indices.
-    """
-    h, w = edges.shape
-    x, y, box_w, box_h = cv2.boundingRect(edges.view(np.uint8))
-    if k == 1 or box_w == 0:
-        return _nms_points(edge_distance(edges), k, (1, h - 1, 1, w - 1))
-    half = k // 2
-    top, left = max(0, y - half), max(0, x - half)
-    bottom, right = min(h, y + box_h + half), min(w, x + box_w + half)
-    distance = _distance_transform(np.logical_not(edges[top:bottom, left:right]).view(np.uint8))
-    region = (
-        max(y, 1) - top,
-        min(y + box_h, h - 1) - top,
-        max(x, 1) - left,
-        min(x + box_w, w - 1) - left,
-    )
-    rows, cols = _nms_points(distance, k, region)
-    return rows + top, cols + left
 
 
 def _close_later(coords: np.ndarray, d: float) -> np.ndarray:
@@ -513,7 +680,7 @@ def watershed_points(flow: np.ndarray, k: int, rng: np.random.Generator) -> np.n
     flow = _check_flow(flow)
     ds = max(1, max(flow.shape[:2]) // 400)
     small = np.ascontiguousarray(flow[::ds, ::ds]) if ds > 1 else flow
-    rows, cols = _watershed_candidates(motion_edges(small), k)
+    rows, cols = _watershed_candidates(_motion_edges(small), k)
     kept = thin_candidates(np.stack([rows, cols], axis=1), (k - 1) / 2, rng)
     return _xy(kept[:, 0] * ds, kept[:, 1] * ds)
 

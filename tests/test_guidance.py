@@ -1,5 +1,6 @@
 """Guidance sampler (input_pipeline.guidance) against the SciPy oracle of the original."""
 
+import concurrent.futures
 import math
 import pathlib
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from scipy import signal
 
 from input_pipeline import guidance
 from tests import guidance_oracle as oracle
@@ -90,18 +92,22 @@ def test_small_windows_equal_oracle(k):
     np.testing.assert_array_equal(guidance.nms_candidates(distance, k), oracle.nms_candidates(distance, k))
 
 
-def test_single_thread_opencv_is_still_exact():
-    """Single-threaded OpenCV would use IPP's inexact transform; the IPP switch is restored."""
-    threads, use_ipp = cv2.getNumThreads(), cv2.ipp.useIPP()
-    cv2.setNumThreads(1)
-    try:
-        for _, flow in FLOWS[:8]:
-            edges = oracle.motion_edges(flow)
-            distance = guidance.edge_distance(edges)
-            np.testing.assert_array_equal(distance, oracle.edge_distance(edges).astype(np.float32))
-    finally:
-        cv2.setNumThreads(threads)
-    assert cv2.ipp.useIPP() == use_ipp
+def test_concurrent_threads_equal_oracle():
+    """The numba kernels release the GIL and share no state: threads give the oracle's points."""
+    config = guidance.SamplerConfig(("grid", "watershed"), 0.000025, 41)
+    cases = [(i, flow) for i, (_, flow) in enumerate(FLOWS[:12])] * 2
+
+    def ours(case):
+        seed, flow = case
+        return guidance.sample_points(flow, config, np.random.default_rng(seed))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(ours, cases))
+    for (seed, flow), points in zip(cases, results, strict=True):
+        rows, cols = oracle.sample_points(
+            flow, ["grid", "watershed"], 0.000025, 41, -1, np.random.default_rng(seed)
+        )
+        np.testing.assert_array_equal(points, np.stack([cols, rows], axis=1))
 
 
 def test_float32_distances_keep_the_order():
@@ -167,17 +173,72 @@ def test_edge_box_crop_equals_oracle(k):
         np.testing.assert_array_equal(cols, np.nonzero(expected)[1], err_msg=f"map {i}")
 
 
-def test_threshold_ties_are_decided_in_float64(monkeypatch):
-    """Strengths exactly at 0.1 * peak: float32 cannot decide, the float64 recheck does."""
-    rechecked = []
-    exact = guidance._edge_strength_exact
-    monkeypatch.setattr(guidance, "_edge_strength_exact", lambda *args: rechecked.append(1) or exact(*args))
+def test_threshold_ties_are_decided_in_float64():
+    """Strengths exactly at 0.1 * peak: the float64 division and comparison decide."""
     for step in (1.0, 0.3, 0.7, 3e-3, 12.5):
         flow = np.zeros((40, 50, 2), np.float32)
         flow[:, 20:, 0] = np.float32(10 * step)  # Sobel strength 40 * step: the peak
         flow[5:30, 35:, 1] = np.float32(step)  # 4 * step: at the threshold
         np.testing.assert_array_equal(guidance.motion_edges(flow), oracle.motion_edges(flow), err_msg=step)
-    assert rechecked
+
+
+def test_threshold_as_one_comparison():
+    """``s >= _least_above(peak)`` decides ``s / peak > 0.1`` exactly, also next to the threshold."""
+    rng = np.random.default_rng(2)
+    peaks = np.concatenate([[0.01, 0.03, 1.0, 3.0, 40.0], 10.0 ** rng.uniform(-2, 6, 300)])
+    for peak in peaks:
+        low = guidance._least_above(peak)
+        near = 0.1 * peak + np.arange(-8, 9) * np.spacing(0.1 * peak)
+        np.testing.assert_array_equal(near >= low, near / peak > 0.1, err_msg=peak)
+        assert low / peak > 0.1 >= np.nextafter(low, 0) / peak
+
+
+def test_sobel_sums_in_scipys_order():
+    """Values spanning ~2**60: float64 Sobel sums round, and do so in SciPy's order.
+
+    Another summation order (NumPy's, below) gives different strengths here; ours
+    are the reference's bit for bit.
+    """
+    rng = np.random.default_rng(4)
+    flow = rng.choice([1.0, -3.0, 1e-9, -7e-10, 1e8, 0.1], size=(30, 40, 2)).astype(np.float32)
+    flow *= rng.random((30, 40, 2), np.float32)
+    magnitudes = []
+    for c in range(2):
+        gx = signal.convolve2d(flow[..., c], oracle.SOBEL, mode="same", boundary="symm")
+        gy = signal.convolve2d(flow[..., c], oracle.SOBEL.T, mode="same", boundary="symm")
+        magnitudes.append(np.sqrt(gx**2 + gy**2))
+    expected = magnitudes[0] + magnitudes[1]
+    np.testing.assert_array_equal(guidance._edge_strength(flow, False), expected)
+    np.testing.assert_array_equal(guidance._edge_strength(flow, True), expected)
+    padded = np.pad(flow[..., 0].astype(np.float64), 1, mode="edge")
+    other_gx = (padded[:-2, 2:] + 2 * padded[1:-1, 2:] + padded[2:, 2:]) - (
+        padded[:-2, :-2] + 2 * padded[1:-1, :-2] + padded[2:, :-2]
+    )
+    scipy_gx = signal.convolve2d(flow[..., 0], oracle.SOBEL, mode="same", boundary="symm")
+    assert np.any(np.abs(other_gx) != np.abs(scipy_gx))
+    np.testing.assert_array_equal(guidance.motion_edges(flow), oracle.motion_edges(flow))
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_flow_equals_oracle(bad):
+    """Non-finite flow: inf * 0 is NaN (the kernel's zero terms count); NaN peaks as NumPy's."""
+    flow = oracle.piecewise_rigid_flow(40, 50, np.random.default_rng(6))
+    for y, x, c in [(0, 0, 0), (20, 25, 1), (39, 49, 0)]:
+        broken = flow.copy()
+        broken[y, x, c] = bad
+        with np.errstate(invalid="ignore"):
+            expected = oracle.motion_edges(broken)
+        np.testing.assert_array_equal(guidance.motion_edges(broken), expected)
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 7), (6, 1), (2, 2)])
+def test_tiny_flows_equal_oracle(h, w):
+    flow = oracle.piecewise_rigid_flow(h, w, np.random.default_rng(h * w))
+    edges = guidance.motion_edges(flow)
+    np.testing.assert_array_equal(edges, oracle.motion_edges(flow))
+    np.testing.assert_array_equal(
+        guidance.edge_distance(edges), oracle.edge_distance(edges).astype(np.float32)
+    )
 
 
 SAMPLE_CONFIGS = [
