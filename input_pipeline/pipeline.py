@@ -228,6 +228,8 @@ def list_source(
       The source of this process's shard.
     """
     entries, skipped = lists.read_lists(list_files, root, flow_type, skip_bad_examples=skip_bad_examples)
+    if skipped:
+        logging.warning("skipped %d malformed lines of list files %s", skipped, list(list_files))
     entries = entries[process_index::process_count]
     if not entries:
         raise ValueError(
