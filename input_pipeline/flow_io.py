@@ -163,8 +163,12 @@ def decode_flow_jpg(x_img: np.ndarray, y_img: np.ndarray) -> np.ndarray:
             raise ValueError(f"flow {name} image must be uint8 (H, W), got {img.dtype} {img.shape}")
     if x_img.shape != y_img.shape:
         raise ValueError(f"flow x image is {x_img.shape} but flow y image is {y_img.shape} (H, W)")
-    # cv2.LUT is several times faster than NumPy fancy indexing and releases the GIL.
-    return cv2.merge([cv2.LUT(x_img, _DECODE_LUT), cv2.LUT(y_img, _DECODE_LUT)])
+    # cv2.LUT per plane then strided copies: about 2x faster than NumPy indexing,
+    # cv2.merge of the float planes or a two-channel LUT (measured at 416 x 555).
+    flow = np.empty(x_img.shape + (2,), np.float32)
+    flow[..., 0] = cv2.LUT(x_img, _DECODE_LUT)
+    flow[..., 1] = cv2.LUT(y_img, _DECODE_LUT)
+    return flow
 
 
 def encode_flow_jpg(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
