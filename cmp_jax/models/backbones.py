@@ -79,15 +79,15 @@ class AlexNetBNFCN(nn.Module):
         return {"features": x}
 
 
-class BasicBlock(nn.Module):
-    """ResNet basic block (two 3x3 convs), torchvision layout.
+class _ResidualBlock(nn.Module):
+    """Fields shared by the two ResNet block types.
 
     Attributes:
       ops: layer factory.
-      planes: channels of both convs (output channels).
-      stride: stride of the first conv.
-      dilation: dilation (and padding) of both 3x3 convs.
-      downsample: whether the shortcut is a 1x1 conv + BN.
+      planes: width of the block's convs; the output has ``expansion * planes`` channels.
+      stride: stride of the block's strided 3x3 conv.
+      dilation: dilation (and padding) of the block's 3x3 convs.
+      downsample: whether the shortcut is a 1x1 conv + BN (``downsample.0/1``).
     """
 
     ops: ModelOps
@@ -95,6 +95,10 @@ class BasicBlock(nn.Module):
     stride: int = 1
     dilation: int = 1
     downsample: bool = False
+
+
+class BasicBlock(_ResidualBlock):
+    """ResNet basic block (two 3x3 convs, the first strided), torchvision layout."""
 
     expansion = 1
 
@@ -113,22 +117,8 @@ class BasicBlock(nn.Module):
         return nn.relu(out + shortcut)
 
 
-class Bottleneck(nn.Module):
-    """ResNet v1.5 bottleneck (stride on the 3x3 conv), torchvision layout.
-
-    Attributes:
-      ops: layer factory.
-      planes: width of the 1x1 and 3x3 convs; the output has 4 * planes channels.
-      stride: stride of the 3x3 conv.
-      dilation: dilation (and padding) of the 3x3 conv.
-      downsample: whether the shortcut is a 1x1 conv + BN.
-    """
-
-    ops: ModelOps
-    planes: int
-    stride: int = 1
-    dilation: int = 1
-    downsample: bool = False
+class Bottleneck(_ResidualBlock):
+    """ResNet v1.5 bottleneck (1x1, strided 3x3, 1x1 to 4 * planes), torchvision layout."""
 
     expansion = 4
 
