@@ -68,8 +68,9 @@ def apply_cmp_dilation(resnet: torchvision.models.ResNet, output_stride: int = 8
     and its 3x3 convs dilation = padding = 2 or 4 (2 for layer4 at stride 16);
     the shortcut 1x1 convs get stride 1. Unlike torchvision's
     ``replace_stride_with_dilation``, the first block of a dilated layer is
-    dilated too. Works on a model built with or without
-    ``replace_stride_with_dilation``; the weights are untouched.
+    dilated too. Works on a plain torchvision model, or on one built with
+    ``replace_stride_with_dilation=[False, True, True]`` when ``output_stride``
+    is 8 (with 16 its layer3 would stay at stride 1); the weights are untouched.
 
     Args:
       resnet: a torchvision ResNet (BasicBlock or Bottleneck).
@@ -188,6 +189,10 @@ class MotionDecoderSkipLayer(nn.Module):
 class CMP(nn.Module):
     """The CMP network in PyTorch (NCHW); keys as the original without ``module.``.
 
+    Covers the original's options (256/16 feature channels, the original's
+    dilation pattern); Flax models built with other ``img_enc_dim``,
+    ``sparse_enc_dim`` or ``dilation_style="torchvision"`` have no twin here.
+
     Args:
       backbone: ``alexnet`` or ``resnet{18,34,50,101}``.
       decoder: ``plain`` or ``skip``.
@@ -205,6 +210,10 @@ class CMP(nn.Module):
         num_bins: int = 99,
     ):
         super().__init__()
+        if backbone != "alexnet" and backbone.removeprefix("resnet") not in ("18", "34", "50", "101"):
+            raise ValueError(f"unknown backbone {backbone!r}; choose alexnet or resnet18/34/50/101")
+        if decoder not in ("plain", "skip"):
+            raise ValueError(f"unknown decoder {decoder!r}; choose 'plain' or 'skip'")
         if backbone == "alexnet":
             self.image_encoder = AlexNetBNFCN()
             stride = 32

@@ -37,6 +37,15 @@ _DECODE_LUT = (np.arange(256, dtype=np.float64) * _FLOW_STEP - FLOW_IMAGE_RANGE)
 _IMREAD_GRAY = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """Writes ``data`` to ``path`` through a temporary file and a rename.
 
@@ -54,6 +63,7 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -3,10 +3,11 @@
 Per example, in this order (the original's, ``original_cmp.md`` §3.3):
 
 1. load frame1 and the flow (list files, the synthetic generator or a TFDS
-   dataset); frame 2 is not loaded (the CMP loss does not use it);
+   dataset); frame 2 is not decoded from list files (the CMP loss does not
+   use it; the synthetic generator still renders it);
 2. resize so the shorter side is ``short_size`` (aspect kept, int truncation):
-   image bicubic, flow bilinear with both components multiplied by
-   new_h / old_h;
+   image bicubic (OpenCV's, a = -0.75, no antialiasing; the original used
+   PIL's), flow bilinear with both components multiplied by new_h / old_h;
 3. zero-pad (centred) when smaller than the crop, then crop: random offset
    ``int(u * (L - crop))`` with u ~ U[0, 1) for training, centred for eval;
 4. optionally (``flip``, off by default as in the original) flip horizontally
@@ -198,12 +199,10 @@ class Source:
       size: number of examples.
       load: maps an example index in [0, size) to (frame1 uint8 (H, W, 3),
         flow float32 (H, W, 2)); raises ``lists.BadExampleError`` for bad data.
-      skipped_lines: list lines skipped when reading (bad column count).
     """
 
     size: int
     load: Callable[[int], tuple[np.ndarray, np.ndarray]]
-    skipped_lines: int = 0
 
 
 def list_source(
@@ -216,6 +215,8 @@ def list_source(
 ) -> Source:
     """Examples of the original's list files; process p takes entries p, p + P, ...
 
+    All processes get the same number of entries: the last ``len % P`` are dropped.
+
     Args:
       list_files: list files, concatenated in order.
       root: directory prepended to relative paths (``None``: as given).
@@ -227,10 +228,10 @@ def list_source(
     Returns:
       The source of this process's shard.
     """
-    entries, skipped = lists.read_lists(list_files, root, flow_type, skip_bad_examples=skip_bad_examples)
-    if skipped:
-        logging.warning("skipped %d malformed lines of list files %s", skipped, list(list_files))
-    entries = entries[process_index::process_count]
+    entries, _ = lists.read_lists(list_files, root, flow_type, skip_bad_examples=skip_bad_examples)
+    # Equal shards (the last len % P entries are dropped), so every process runs
+    # the same number of eval steps.
+    entries = entries[: len(entries) - len(entries) % process_count][process_index::process_count]
     if not entries:
         raise ValueError(
             f"no examples for process {process_index} of {process_count} in list files {list(list_files)}"
@@ -240,7 +241,7 @@ def list_source(
         example = lists.load_example(entries[i], frame2=False)
         return example["frame1"], example["flow"]
 
-    return Source(size=len(entries), load=load, skipped_lines=skipped)
+    return Source(size=len(entries), load=load)
 
 
 def synthetic_source(
@@ -250,7 +251,7 @@ def synthetic_source(
     process_index: int = 0,
     process_count: int = 1,
 ) -> Source:
-    """The procedural dataset: examples p, p + P, ... of indices [0, size).
+    """The procedural dataset: examples p, p + P, ... of indices [0, size - size % P).
 
     Args:
       config: generator settings (frame size, objects, motion ranges).
@@ -263,7 +264,7 @@ def synthetic_source(
     Returns:
       The source of this process's shard.
     """
-    indices = list(range(process_index, size, process_count))
+    indices = list(range(process_index, size - size % process_count, process_count))
 
     def load(i: int) -> tuple[np.ndarray, np.ndarray]:
         example = synthetic.generate_example(indices[i], config, seed)
@@ -288,9 +289,10 @@ class _Sampler:
         self.source, self.transform, self.seed = source, transform, seed
         self.process_index, self.shuffle = process_index, shuffle
         self.skip_bad, self.counter = skip_bad_examples, counter
+        # Per-instance cache: a few epochs are in flight at once (prefetching).
+        self._permutation = functools.lru_cache(maxsize=4)(self._make_permutation)
 
-    @functools.lru_cache(maxsize=4)  # noqa: B019 (one sampler per pipeline, a few epochs live at once)
-    def _permutation(self, epoch: int) -> np.ndarray:
+    def _make_permutation(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng((self.seed, self.process_index, epoch, 0x5EED))
         return rng.permutation(self.source.size)
 
@@ -394,13 +396,10 @@ def create_dataset(
         per_device = local_batch // local_devices
         return {k: tf.reshape(v, (local_devices, per_device, *v.shape[1:])) for k, v in batch.items()}
 
-    options = tf.data.Options()
-    options.deterministic = True
-    options.threading.private_threadpool_size = 0
     ds = tf.data.Dataset.range(start, stop) if stop >= 0 else tf.data.Dataset.range(start, 2**62)
     ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True).map(to_devices)
-    return ds.with_options(options).prefetch(prefetch)
+    return ds.prefetch(prefetch)
 
 
 def tfds_source(
@@ -424,7 +423,9 @@ def tfds_source(
     import input_pipeline.tfds_builder  # noqa: F401 (registers cmp_flow)
 
     builder = tfds.builder(name, data_dir=data_dir)
-    shard = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
+    shard = tfds.split_for_jax_process(
+        split, process_index=process_index, process_count=process_count, drop_remainder=True
+    )
     data = builder.as_data_source(split=shard)
 
     def load(i: int) -> tuple[np.ndarray, np.ndarray]:

@@ -143,7 +143,7 @@ def _write_benchmark_lists(root: str, count: int, height: int, width: int, seed:
 
 def run_pipeline_worker(args: argparse.Namespace) -> None:
     """Child process: pinned to ``--cores`` cores, prints samples/s of the list pipeline."""
-    cores = list(range(args.cores))
+    cores = sorted(os.sched_getaffinity(0))[: args.cores]
     os.sched_setaffinity(0, cores)
     import tensorflow as tf
 

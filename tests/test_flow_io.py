@@ -164,3 +164,13 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         flow_io.write_flo(path, np.zeros((2, 2, 2), np.float32))
     assert os.listdir(tmp_path / "sub") == []
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = tmp_path / "f.flo"
+        flow_io.write_flo(str(path), np.zeros((2, 3, 2), np.float32))
+        assert (os.stat(path).st_mode & 0o777) == 0o666 & ~flow_io._UMASK
+    finally:
+        os.umask(mask)

@@ -248,3 +248,9 @@ def test_synthetic_config_source():
     with pytest.raises(ValueError, match="unknown data.source"):
         config.data.source = "webdataset"
         pipeline.create_from_config(config, "train", local_batch=4, local_devices=2)
+
+
+def test_list_shards_have_equal_sizes(tmp_path):
+    list_file = _write_list_dataset(str(tmp_path), n=5)
+    sizes = [pipeline.list_source([list_file], str(tmp_path), "jpg", False, p, 2).size for p in (0, 1)]
+    assert sizes == [2, 2]  # the fifth entry is dropped so both processes run the same eval steps

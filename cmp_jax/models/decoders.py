@@ -108,12 +108,12 @@ class MotionDecoderSkipLayer(nn.Module):
 
         Args:
           x: (N, h, w, 272) fused features at 1/8.
-          skips: encoder features; needs ``layer1`` (N, 2h, 2w, C1) and
-            ``stem`` (N, 4h, 4w, 64).
+          skips: encoder features; needs ``layer1`` (N, H/4, W/4, C1) and
+            ``stem`` (N, H/2, W/2, 64); with output stride 8 these are 2h and 4h.
           train: BatchNorm mode.
 
         Returns:
-          (N, 4h, 4w, output_dim) logits (1/2 of the image).
+          (N, H/2, W/2, output_dim) logits, at the ``stem`` resolution.
         """
         missing = [k for k in ("layer1", "stem") if k not in skips]
         if missing:

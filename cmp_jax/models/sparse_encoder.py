@@ -33,7 +33,7 @@ class ShallowNet(nn.Module):
 
     Attributes:
       ops: layer factory.
-      output_dim: channels of both convs (16).
+      output_dim: channels of the second conv, the output (16); the first has 16.
       strides: (s0, s1, s2); (2, 2, 2) is 8x, (2, 2, 8) is 32x.
     """
 
