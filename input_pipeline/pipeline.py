@@ -3,8 +3,8 @@
 Per example, in this order (the original's, ``original_cmp.md`` §3.3):
 
 1. load frame1 and the flow (list files, the synthetic generator or a TFDS
-   dataset); frame 2 is not decoded from list files (the CMP loss does not
-   use it; the synthetic generator still renders it);
+   dataset); frame 2 is neither decoded nor rendered (the CMP loss does not
+   use it; list files only check that it exists);
 2. resize so the shorter side is ``short_size`` (aspect kept, int truncation):
    image bicubic (OpenCV's, a = -0.75, no antialiasing; the original used
    PIL's), flow bilinear with both components multiplied by new_h / old_h;
@@ -267,7 +267,7 @@ def synthetic_source(
     indices = list(range(process_index, size - size % process_count, process_count))
 
     def load(i: int) -> tuple[np.ndarray, np.ndarray]:
-        example = synthetic.generate_example(indices[i], config, seed)
+        example = synthetic.generate_example(indices[i], config, seed, frame2=False)
         return example["frame1"], example["flow"]
 
     return Source(size=len(indices), load=load)

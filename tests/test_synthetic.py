@@ -249,3 +249,13 @@ def test_objects_are_more_saturated_than_the_background():
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=f"SyntheticConfig: .*{message}"):
         SyntheticConfig(**kwargs)
+
+
+def test_without_frame2_everything_else_is_identical():
+    config = SyntheticConfig(height=96, width=128)
+    for index in range(6):
+        full = generate_example(index, config, seed=3)
+        lean = generate_example(index, config, seed=3, frame2=False)
+        assert set(lean) == set(EXAMPLE_KEYS) - {"frame2"}
+        for key in lean:
+            np.testing.assert_array_equal(lean[key], full[key])

@@ -112,7 +112,7 @@ class CmpFlow(tfds.core.GeneratorBasedBuilder):
             seed = _SYNTHETIC_SEEDS[split]
             count = config.synthetic_train if split == "train" else config.synthetic_val
             for index in range(count):
-                example = synthetic.generate_example(index, generator, seed)
+                example = synthetic.generate_example(index, generator, seed, frame2=False)
                 key = f"synthetic:{seed}:{index}"
                 yield key, {"frame1": example["frame1"], "flow": example["flow"], "key": key}
             return
