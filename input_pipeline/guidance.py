@@ -144,7 +144,7 @@ class SamplerConfig:
     @property
     def grid_stride(self) -> int:
         """Grid stride G in pixels, ``int(sqrt(1 / bg_ratio))``."""
-        return int(math.sqrt(1.0 / self.bg_ratio))
+        return grid_stride(self.bg_ratio)
 
 
 def _check_flow(flow: np.ndarray) -> np.ndarray:
@@ -647,6 +647,11 @@ def thin_candidates(points: np.ndarray, d: float, rng: np.random.Generator) -> n
     return points[keep[:n].astype(bool)]
 
 
+def grid_stride(bg_ratio: float) -> int:
+    """Grid stride G in pixels: ``int(sqrt(1 / bg_ratio))``, float truncation kept (0.00003629 -> 165)."""
+    return int(math.sqrt(1.0 / bg_ratio))
+
+
 def grid_points(h: int, w: int, bg_ratio: float) -> np.ndarray:
     """Background lattice with stride ``int(sqrt(1 / bg_ratio))``, centred.
 
@@ -659,7 +664,7 @@ def grid_points(h: int, w: int, bg_ratio: float) -> np.ndarray:
       (N, 2) int32 (x, y) points, x-major (all rows of the first column first),
       as the original's ``meshgrid(...).flat``.
     """
-    stride = int(math.sqrt(1.0 / bg_ratio))
+    stride = grid_stride(bg_ratio)
     ys = np.arange(int((h - h // stride * stride) / 2), h, stride)
     xs = np.arange(int((w - w // stride * stride) / 2), w, stride)
     return _xy(np.tile(ys, len(xs)), np.repeat(xs, len(ys)))
