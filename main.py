@@ -1,11 +1,11 @@
 """Training entry point: ``python main.py --config=configs/<experiment>.py --workdir=DIR``.
 
-The training loop (``cmp_jax.train.train_and_evaluate``) is not written yet;
-until it is, this entry point validates the config, builds the model it names
-and exits with a message saying so, instead of pretending to train.
+Flags only: ``--config`` (an ml_collections config file; fields can be
+overridden, e.g. ``--config.batch_size=8``) and ``--workdir`` (checkpoints,
+metrics; a workdir with checkpoints resumes). Hides the accelerators from
+TensorFlow (it only feeds data), then calls
+``cmp_jax.train.train_and_evaluate(config, workdir)``.
 """
-
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -17,15 +17,19 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    """Validates the config and builds its model; training is not implemented yet."""
+    """Hides accelerators from TensorFlow and runs the training loop."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from cmp_jax.models import build_model
+    import tensorflow as tf
 
-    config = FLAGS.config
-    model = build_model(config.model, num_bins=config.flow.num_bins)
-    logging.info("config is valid; model: %s + %s decoder", model.backbone, model.decoder)
-    sys.exit("training is not implemented yet (the training loop is a later issue); nothing was run")
+    # TensorFlow only runs the input pipeline: keep it off the GPUs/TPUs JAX uses.
+    tf.config.experimental.set_visible_devices([], "GPU")
+    tf.config.experimental.set_visible_devices([], "TPU")
+
+    from cmp_jax import train
+
+    logging.info("config:\n%s", FLAGS.config)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 Experiment files import ``get_config`` from here and override only what differs.
 Groups: ``model`` (architecture and initialisation), ``flow`` (quantisation of
-the flow target), ``data`` (sources and transforms) and ``guidance`` (sparse
-guidance sampling). The defaults are the ResNet-50 YFCC experiment's
-(``rep_learning/resnet50_yfcc_voc_16gpu_42k``). Optimiser, training, checkpoint
-and logging groups are added with the training loop.
+the flow target), ``data`` (sources and transforms), ``guidance`` (sparse
+guidance sampling) and ``optim`` (optimiser and schedule); the training,
+checkpoint and logging fields sit at the top level (``config.batch_size``,
+``config.checkpoint_every_steps``, ...). The defaults are the ResNet-50 YFCC
+experiment's (``rep_learning/resnet50_yfcc_voc_16gpu_42k``: 16 GPUs x 10 images).
 """
 
 import ml_collections
@@ -45,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Flow range in pixels; targets are clamped to +-(fmax - 1e-3) before binning.
     config.flow.fmax = 50.0
 
-    # Seed of data order, crops, flips, guidance (and, later, initialisation).
+    # Seed of initialisation, dropout, data order, crops, flips and guidance.
     config.seed = 0
 
     # --- data: input_pipeline.pipeline.create_from_config
@@ -99,5 +100,51 @@ def get_config() -> ml_collections.ConfigDict:
     config.guidance.nms_ks = 67
     # Keep at most this many guidance points (-1: all).
     config.guidance.max_num_guide = -1
+
+    # --- optim: optax SGD with step decay (cmp_jax.train.create_optimizer)
+    config.optim = ml_collections.ConfigDict()
+    # Learning rate at step 0 (not scaled with the batch size, as the original).
+    config.optim.lr = 0.1
+    config.optim.momentum = 0.9
+    # Added to the gradient of every parameter (BN and biases included) before
+    # momentum, as PyTorch's SGD(weight_decay=...) does.
+    config.optim.weight_decay = 1e-4
+    # Steps at which the lr is multiplied by lr_decay; () = 2/3.5 and 3/3.5 of
+    # num_train_steps, rounded (the paper's schedule).
+    config.optim.lr_steps = (24_000, 36_000)
+    config.optim.lr_decay = 0.1
+
+    # --- train
+    # Global batch over all devices of all processes (original: per-GPU batch x
+    # GPUs = 10 x 16); per-device batch = batch_size / (local devices x processes).
+    config.batch_size = 160
+    config.num_train_steps = 42_000
+    # BatchNorm statistics averaged over all devices in training (False: per
+    # device, as the original).
+    config.sync_batchnorm = False
+    # Initialise jax.distributed (multi-process run): "auto" when the launcher's
+    # environment names a coordinator (JAX_COORDINATOR_ADDRESS, SLURM, ...), or
+    # True / False to force it.
+    config.distributed = "auto"
+
+    # --- eval
+    # Steps between evaluations on data.val_lists (and one at the end); 0: only at the end.
+    config.eval_every_steps = 10_000
+    # Global eval batch; eval covers the validation set once, the last
+    # incomplete batch dropped; num_eval_batches > 0 stops earlier.
+    config.eval_batch_size = 16
+    config.num_eval_batches = -1
+    # Also evaluate before the first step (the original's initial_val).
+    config.eval_at_start = True
+    # Images of the first eval batch drawn as pictures (image | target | prediction).
+    config.num_pictures = 4
+
+    # --- checkpoint: Orbax, in workdir/checkpoints
+    config.checkpoint_every_steps = 10_000
+    config.max_to_keep = 3
+
+    # --- log
+    # Steps between train metric lines (loss, lr, steps/s, images/s, guidance points).
+    config.log_every_steps = 100
 
     return config

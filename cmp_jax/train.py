@@ -1,0 +1,450 @@
+"""Training and evaluation: pure step functions and the ``train_and_evaluate`` loop.
+
+``train_step`` and ``eval_step`` are pure functions of (state, batch); they
+average over devices only through an optional ``axis_name`` (gradients, loss
+and metrics with ``lax.pmean``, EPE sums with ``lax.psum``). ``cmp_jax.parallel``
+pmaps them. Batches are dicts from ``input_pipeline.pipeline``: ``image``
+(B, H, W, 3) normalised, ``sparse``/``mask``/``flow`` (B, H, W, 2) with flow in
+pixels, ``num_guides`` (B,).
+
+The optimiser is the original's: SGD with momentum 0.9 and weight decay 1e-4
+added to the gradient of every parameter (PyTorch's coupling), lr 0.1 times
+0.1 for every milestone of ``optim.lr_steps`` reached (lr of step i, 0-based:
+``lr * decay ** #{s in lr_steps: s <= i}``).
+
+The loop: initialise (or resume from the newest checkpoint in
+``workdir/checkpoints``: step, parameters, BatchNorm statistics, optimiser
+state, RNG and data position), then train ``num_train_steps`` steps, logging
+train metrics every ``log_every_steps``, evaluating every ``eval_every_steps``
+and saving every ``checkpoint_every_steps`` and at the end. Metrics go to
+TensorBoard event files and ``workdir/metrics.jsonl`` (process 0 only).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import pathlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+from flax.training import train_state
+
+from cmp_jax import checkpoint, evaluation, parallel
+from cmp_jax.flow import FlowBins, logits_to_flow
+from cmp_jax.jsonl_writer import JsonlWriter
+from cmp_jax.losses import discrete_flow_loss
+from cmp_jax.models import CMP, build_model
+
+_BASELINES = ("zero", "nearest", "splat")
+
+
+class TrainState(train_state.TrainState):
+    """Parameters, optimiser state and step (``flax.training``) plus BatchNorm statistics and RNG.
+
+    Attributes:
+      batch_stats: BatchNorm running means and variances.
+      rng: (2,) uint32 base key; the dropout key of a step is derived from it and
+        the step number (and the device), so resuming draws the same numbers.
+    """
+
+    batch_stats: Any
+    rng: jax.Array
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> Callable[[Any], Any]:
+    """Step decay: ``lr * lr_decay ** (number of lr_steps <= step)``, step 0-based.
+
+    ``optim.lr_steps = ()`` means 2/3.5 and 3/3.5 of ``num_train_steps``, rounded.
+    """
+    steps = tuple(config.optim.lr_steps) or tuple(
+        round(config.num_train_steps * f) for f in (2 / 3.5, 3 / 3.5)
+    )
+    if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        raise ValueError(f"optim.lr_steps must increase, got {steps}")
+    base, decay = float(config.optim.lr), float(config.optim.lr_decay)
+    boundaries = jnp.asarray(steps, jnp.int32)
+
+    def schedule(step):
+        reached = jnp.sum(jnp.asarray(step, jnp.int32) >= boundaries)
+        return base * decay ** reached.astype(jnp.float32)
+
+    return schedule
+
+
+def create_optimizer(
+    config: ml_collections.ConfigDict, schedule: Callable[[Any], Any]
+) -> optax.GradientTransformation:
+    """SGD as PyTorch's ``SGD(lr, momentum, weight_decay)``: decay added to the gradient first."""
+    return optax.chain(
+        optax.add_decayed_weights(config.optim.weight_decay),
+        optax.sgd(schedule, momentum=config.optim.momentum),
+    )
+
+
+def build_from_config(config: ml_collections.ConfigDict) -> tuple[CMP, FlowBins]:
+    """The model (BatchNorm synchronised over devices when ``sync_batchnorm``) and the flow bins."""
+    axis = parallel.AXIS_NAME if config.sync_batchnorm else None
+    model = build_model(config.model, num_bins=config.flow.num_bins, bn_axis_name=axis)
+    return model, FlowBins(num_bins=config.flow.num_bins, fmax=config.flow.fmax)
+
+
+def _crop(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    crop = config.data.crop_size
+    return (crop, crop) if isinstance(crop, int) else (int(crop[0]), int(crop[1]))
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, model: CMP, tx: optax.GradientTransformation
+) -> TrainState:
+    """Initialises parameters (seeded by ``config.seed``) for the configured crop size.
+
+    The model is initialised without BatchNorm synchronisation (outside pmap),
+    which does not change any parameter.
+    """
+    h, w = _crop(config)
+    model.clone(bn_axis_name=None).check_size(h, w)
+    init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    image = jnp.zeros((1, h, w, 3), jnp.float32)
+    guide = jnp.zeros((1, h, w, 2), jnp.float32)
+
+    @jax.jit
+    def init(key):
+        return model.clone(bn_axis_name=None).init({"params": key, "dropout": key}, image, guide, guide)
+
+    variables = init(init_key)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=tx,
+        batch_stats=variables.get("batch_stats", {}),
+        rng=state_key,
+    )
+
+
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    *,
+    bins: FlowBins,
+    schedule: Callable[[Any], Any],
+    axis_name: str | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One SGD step on the discrete flow loss.
+
+    Args:
+      state: the training state.
+      batch: ``image`` (B, H, W, 3), ``sparse``, ``mask``, ``flow`` (B, H, W, 2)
+        in pixels, ``num_guides`` (B,).
+      bins: flow quantisation of the loss.
+      schedule: lr of a step (logged; the optimiser has its own copy).
+      axis_name: device axis to average gradients and metrics over, or ``None``.
+
+    Returns:
+      (new state, metrics): ``loss``, ``lr`` (of this step) and ``num_guides``
+      (mean guidance points per image), averaged over the devices.
+    """
+    rng = jax.random.fold_in(state.rng, state.step)
+    if axis_name is not None:
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            batch["image"],
+            batch["sparse"],
+            batch["mask"],
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": rng},
+        )
+        return discrete_flow_loss(logits, batch["flow"], bins), updates
+
+    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics = {
+        "loss": loss,
+        "lr": jnp.asarray(schedule(state.step), jnp.float32),
+        "num_guides": jnp.mean(batch["num_guides"].astype(jnp.float32)),
+    }
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
+        metrics = jax.lax.pmean(metrics, axis_name)
+    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+    return state, metrics
+
+
+def eval_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    baselines: Mapping[str, jax.Array],
+    *,
+    bins: FlowBins,
+    axis_name: str | None = None,
+) -> tuple[dict[str, jax.Array], jax.Array]:
+    """Loss and end-point-error sums of the model and of baseline flows on one batch.
+
+    Args:
+      state: the training state (BatchNorm in inference mode).
+      batch: as for ``train_step``.
+      baselines: name -> (B, H, W, 2) baseline flow in pixels (may be empty).
+      bins: flow quantisation.
+      axis_name: device axis to sum over, or ``None``.
+
+    Returns:
+      (sums, flow): ``loss_sum`` and ``images`` plus ``evaluation.epe_sums`` of
+      the soft-argmax flow (keys ``epe/...``) and of each baseline (keys
+      ``epe_<name>/...``), summed over the devices; and the predicted flow
+      (B, H, W, 2) in pixels.
+    """
+    logits = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        batch["image"],
+        batch["sparse"],
+        batch["mask"],
+        train=False,
+    )
+    target = batch["flow"]
+    flow = logits_to_flow(logits, bins, target.shape[1:3])
+    n = jnp.asarray(target.shape[0], jnp.float32)
+    sums = {"loss_sum": discrete_flow_loss(logits, target, bins) * n, "images": n}
+    sums.update({f"epe/{k}": v for k, v in evaluation.epe_sums(flow, target).items()})
+    for name, baseline in baselines.items():
+        sums.update({f"epe_{name}/{k}": v for k, v in evaluation.epe_sums(baseline, target).items()})
+    if axis_name is not None:
+        sums = jax.lax.psum(sums, axis_name)
+    return sums, flow
+
+
+def baseline_flows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Zero, nearest-guidance and Gaussian-splat (sigma 20 px) flows of a device-shaped batch.
+
+    Args:
+      batch: host arrays shaped (D, B, H, W, C).
+
+    Returns:
+      name -> (D, B, H, W, 2) float32 flow in pixels.
+    """
+    sparse = np.asarray(batch["sparse"])
+    mask = np.asarray(batch["mask"])
+    flat_sparse = sparse.reshape(-1, *sparse.shape[2:])
+    flat_mask = mask.reshape(-1, *mask.shape[2:])
+    return {
+        "zero": np.zeros_like(sparse),
+        "nearest": evaluation.nearest_guidance_flow(flat_sparse, flat_mask).reshape(sparse.shape),
+        "splat": evaluation.gaussian_splat_flow(flat_sparse, flat_mask).reshape(sparse.shape),
+    }
+
+
+def _summarize(sums: Mapping[str, float]) -> dict[str, float]:
+    """Means from accumulated eval sums: ``eval/loss``, ``eval/epe``, ``eval/epe_nearest/0-10``, ..."""
+    out = {"eval/loss": sums["loss_sum"] / max(sums["images"], 1.0)}
+    for prefix in ["epe"] + [f"epe_{name}" for name in _BASELINES]:
+        part = {k[len(prefix) + 1 :]: v for k, v in sums.items() if k.startswith(prefix + "/")}
+        if part:
+            out.update({f"eval/{k}": v for k, v in evaluation.summarize_epe(part, prefix).items()})
+    return out
+
+
+class _Evaluator:
+    """Runs the eval set through the pmapped ``eval_step``; caches the baselines' sums.
+
+    The eval pipeline is deterministic (centre crops, guidance seeded by sample
+    number), so the baselines, which do not depend on the model, are computed
+    on the first pass only.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, bins: FlowBins):
+        self.config = config
+        self.local_batch = parallel.local_batch_size(config.eval_batch_size, "eval_batch_size")
+        self.dataset, source = _create_dataset(config, "eval", self.local_batch)
+        batches = source.size // self.local_batch
+        if config.num_eval_batches > 0:
+            batches = min(batches, config.num_eval_batches)
+        if batches < 1:
+            raise ValueError(
+                f"the validation set of this process has {source.size} examples, fewer than one "
+                f"eval batch ({self.local_batch}); lower config.eval_batch_size"
+            )
+        self.num_batches = batches
+        self.p_eval = parallel.pmap_step(functools.partial(eval_step, bins=bins), donate_state=False)
+        self.baseline_sums: dict[str, float] | None = None
+
+    def __call__(self, state: TrainState) -> tuple[dict[str, float], np.ndarray | None]:
+        """Eval metrics (``eval/...``) and pictures of the first batch (process 0)."""
+        totals: dict[str, float] = {}
+        baseline_totals: dict[str, float] = {}
+        pictures = None
+        for i, batch in enumerate(self.dataset.take(self.num_batches).as_numpy_iterator()):
+            inputs = {k: batch[k] for k in ("image", "sparse", "mask", "flow", "num_guides")}
+            baselines = baseline_flows(inputs) if self.baseline_sums is None else {}
+            sums, flow = self.p_eval(state, inputs, baselines)
+            sums = jax.device_get(parallel.first_replica(sums))
+            for k, v in sums.items():
+                target = baseline_totals if k.startswith("epe_") else totals
+                target[k] = target.get(k, 0.0) + float(v)
+            if i == 0 and self.config.num_pictures > 0:
+                pictures = _pictures(inputs, jax.device_get(flow), self.config.num_pictures)
+        if self.baseline_sums is None:
+            self.baseline_sums = baseline_totals
+        return _summarize({**totals, **self.baseline_sums}), pictures
+
+
+def _pictures(batch: Mapping[str, np.ndarray], flow: np.ndarray, count: int) -> np.ndarray:
+    """image | target | prediction panels of the first ``count`` examples of this process."""
+
+    def flat(x):
+        x = np.asarray(x)
+        return x.reshape(-1, *x.shape[2:])[:count]
+
+    return evaluation.flow_pictures(flat(batch["image"]), flat(batch["flow"]), flat(flow), flat(batch["mask"]))
+
+
+def _create_dataset(config: ml_collections.ConfigDict, split: str, local_batch: int, start_step: int = 0):
+    # Imported here: the input pipeline imports TensorFlow, which the pure step
+    # functions (and their users) do not need.
+    from input_pipeline import pipeline
+
+    return pipeline.create_from_config(config, split, local_batch=local_batch, start_step=start_step)
+
+
+def _state_tree(state: TrainState) -> dict[str, Any]:
+    return {
+        "step": state.step,
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "opt_state": state.opt_state,
+        "rng": state.rng,
+    }
+
+
+def _with_tree(state: TrainState, tree: Mapping[str, Any]) -> TrainState:
+    return state.replace(
+        step=jnp.asarray(tree["step"]),
+        params=tree["params"],
+        batch_stats=tree["batch_stats"],
+        opt_state=tree["opt_state"],
+        rng=jnp.asarray(tree["rng"]),
+    )
+
+
+def _check_finite(metrics: Mapping[str, Any], step: int, ckpt: checkpoint.Checkpointer) -> None:
+    loss = float(np.asarray(metrics["loss"]))
+    if not math.isfinite(loss):
+        last = ckpt.latest_step()
+        kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint"
+        raise FloatingPointError(
+            f"training loss is {loss} at step {step}: stopping; {kept} in {ckpt.directory}. "
+            "Lower optim.lr, or check the data for corrupt flow (data.skip_bad_examples)."
+        )
+
+
+def _create_writer(workdir: pathlib.Path) -> metric_writers.MetricWriter:
+    """TensorBoard + log + ``metrics.jsonl`` on process 0; log only elsewhere."""
+    if jax.process_index() > 0:
+        return metric_writers.create_default_writer(workdir, just_logging=True)
+    return metric_writers.MultiWriter(
+        [metric_writers.create_default_writer(workdir), JsonlWriter(workdir / "metrics.jsonl")]
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
+    """Trains ``config`` in ``workdir``, resuming from its newest checkpoint if any.
+
+    Args:
+      config: the experiment config (``configs/base.py`` documents every field).
+      workdir: output directory: ``checkpoints/``, ``config.json``, TensorBoard
+        events and ``metrics.jsonl``.
+
+    Returns:
+      The metrics of the last evaluation (``eval/loss``, ``eval/epe``,
+      ``eval/epe_nearest``, ...); empty when no evaluation ran.
+    """
+    parallel.maybe_initialize_distributed(config.distributed)
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    logging.info(
+        "process %d of %d; %d local devices: %s",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.local_devices(),
+    )
+    local_batch = parallel.local_batch_size(config.batch_size)
+    model, bins = build_from_config(config)
+    schedule = learning_rate_schedule(config)
+    state = create_train_state(config, model, create_optimizer(config, schedule))
+
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config.max_to_keep)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state = _with_tree(state, ckpt.restore(latest, _state_tree(state)))
+        logging.info("resumed from %s at step %d", ckpt.directory / str(latest), latest)
+    start = int(state.step)
+    if jax.process_index() == 0:
+        checkpoint.write_config(workdir / "config.json", config)
+
+    writer = _create_writer(workdir)
+    if start == 0:
+        writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
+    evaluator = _Evaluator(config, bins)
+    train_ds, _ = _create_dataset(config, "train", local_batch, start_step=start)
+    p_train = parallel.pmap_step(functools.partial(train_step, bins=bins, schedule=schedule))
+    state = parallel.replicate(state)
+
+    def run_eval(step: int) -> dict[str, float]:
+        nonlocal state
+        state = state.replace(batch_stats=parallel.mean_over_devices(state.batch_stats))
+        metrics, pictures = evaluator(state)
+        writer.write_scalars(step, metrics)
+        if pictures is not None:
+            writer.write_images(step, {"eval/pictures": pictures})
+        logging.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        return metrics
+
+    def save(step: int) -> None:
+        nonlocal state
+        state = state.replace(batch_stats=parallel.mean_over_devices(state.batch_stats))
+        ckpt.save(step, _state_tree(parallel.first_replica(state)))
+
+    eval_metrics: dict[str, float] = {}
+    if start == 0 and config.eval_at_start:
+        eval_metrics = run_eval(0)
+    total = config.num_train_steps
+    progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_steps=None)
+    history: list[dict[str, jax.Array]] = []
+    tick, tick_step = time.perf_counter(), start
+    batches: Iterable[dict[str, np.ndarray]] = train_ds.as_numpy_iterator()
+    for step, batch in zip(range(start + 1, total + 1), batches, strict=False):
+        state, metrics = p_train(state, batch)
+        if history:  # the previous step's loss, which is ready by now
+            _check_finite(parallel.first_replica(history[-1]), step - 1, ckpt)
+        history.append(metrics)
+        progress(step, time.perf_counter())
+        last = step == total
+        if step % config.log_every_steps == 0 or last:
+            values = jax.device_get([parallel.first_replica(m) for m in history])
+            _check_finite(values[-1], step, ckpt)
+            elapsed = time.perf_counter() - tick
+            scalars = {f"train/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
+            scalars["train/lr"] = float(values[-1]["lr"])
+            scalars["train/steps_per_s"] = (step - tick_step) / elapsed
+            scalars["train/images_per_s"] = (step - tick_step) * config.batch_size / elapsed
+            writer.write_scalars(step, scalars)
+            history, tick, tick_step = [], time.perf_counter(), step
+        if (config.eval_every_steps and step % config.eval_every_steps == 0) or last:
+            eval_metrics = run_eval(step)
+        if step % config.checkpoint_every_steps == 0 or last:
+            if history:
+                _check_finite(parallel.first_replica(history[-1]), step, ckpt)
+            save(step)
+    ckpt.close()
+    writer.flush()
+    return eval_metrics
