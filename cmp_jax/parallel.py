@@ -96,7 +96,9 @@ def local_batch_size(global_batch: int, what: str = "batch_size") -> int:
 def replicate(tree: Any) -> Any:
     """Copies every leaf onto each local device, stacked on a new leading axis."""
     devices = jax.local_devices()
-    sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS_NAME,)), jax.P(AXIS_NAME))
+    sharding = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.array(devices), (AXIS_NAME,)), jax.P(AXIS_NAME)
+    )
 
     def put(x):
         x = np.asarray(x)

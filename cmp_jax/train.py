@@ -298,13 +298,15 @@ class _Evaluator:
 
 
 def _pictures(batch: Mapping[str, np.ndarray], flow: np.ndarray, count: int) -> np.ndarray:
-    """image | target | prediction panels of the first ``count`` examples of this process."""
+    """Image | target | prediction panels of the first ``count`` examples of this process."""
 
     def flat(x):
         x = np.asarray(x)
         return x.reshape(-1, *x.shape[2:])[:count]
 
-    return evaluation.flow_pictures(flat(batch["image"]), flat(batch["flow"]), flat(flow), flat(batch["mask"]))
+    return evaluation.flow_pictures(
+        flat(batch["image"]), flat(batch["flow"]), flat(flow), flat(batch["mask"])
+    )
 
 
 def _create_dataset(config: ml_collections.ConfigDict, split: str, local_batch: int, start_step: int = 0):
