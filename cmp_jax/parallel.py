@@ -36,13 +36,13 @@ AXIS_NAME = "devices"
 _DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri")
 
 
-def maybe_initialize_distributed(setting: bool | str) -> bool:
+def maybe_initialize_distributed(setting: str) -> bool:
     """Starts JAX's multi-process runtime when the run is launched on several processes.
 
     Must run before any other JAX call that touches devices.
 
     Args:
-      setting: ``config.distributed``: ``True`` (always initialise), ``False``
+      setting: ``config.distributed``: ``"on"`` (always initialise), ``"off"``
         (never) or ``"auto"`` (when one of the launcher variables
         ``JAX_COORDINATOR_ADDRESS``, ``SLURM_JOB_ID``, ``OMPI_MCA_orte_hnp_uri``
         is set). ``jax.distributed.initialize()`` reads the coordinator address,
@@ -53,11 +53,9 @@ def maybe_initialize_distributed(setting: bool | str) -> bool:
     Returns:
       Whether ``jax.distributed.initialize()`` was called.
     """
-    if setting not in (True, False, "auto"):
-        raise ValueError(f"config.distributed must be True, False or 'auto', got {setting!r}")
-    if setting == "auto":
-        setting = any(os.environ.get(name) for name in _DISTRIBUTED_ENV)
-    if not setting:
+    if setting not in ("on", "off", "auto"):
+        raise ValueError(f"config.distributed must be 'on', 'off' or 'auto', got {setting!r}")
+    if setting == "off" or (setting == "auto" and not any(os.environ.get(n) for n in _DISTRIBUTED_ENV)):
         return False
     kwargs = {}
     if "JAX_NUM_PROCESSES" in os.environ:

@@ -420,7 +420,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if start == 0 and config.eval_at_start:
         eval_metrics = run_eval(0)
     total = config.num_train_steps
-    progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_steps=None)
+    progress = periodic_actions.ReportProgress(num_train_steps=total, every_secs=60.0)
     history: list[dict[str, jax.Array]] = []
     tick, tick_step = time.perf_counter(), start
     batches: Iterable[dict[str, np.ndarray]] = train_ds.as_numpy_iterator()

@@ -83,6 +83,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.synthetic.val_size = 256
     config.data.synthetic.train_seed = 0
     config.data.synthetic.val_seed = 1
+    # Radii in pixels of the discs of object and camera (background)
+    # translations; they do not scale with the image size.
+    config.data.synthetic.max_object_shift = 30.0
+    config.data.synthetic.max_camera_shift = 8.0
     # A prepared TFDS dataset (data.source = "tfds"); see input_pipeline/tfds_builder.
     config.data.tfds = ml_collections.ConfigDict()
     config.data.tfds.name = "cmp_flow/lists"
@@ -123,8 +127,8 @@ def get_config() -> ml_collections.ConfigDict:
     # device, as the original).
     config.sync_batchnorm = False
     # Initialise jax.distributed (multi-process run): "auto" when the launcher's
-    # environment names a coordinator (JAX_COORDINATOR_ADDRESS, SLURM, ...), or
-    # True / False to force it.
+    # environment names a coordinator (JAX_COORDINATOR_ADDRESS, SLURM, ...),
+    # "on" / "off" to force it.
     config.distributed = "auto"
 
     # --- eval

@@ -19,19 +19,22 @@ def get_config():
     config = base.get_config()
     config.model.backbone = "resnet18"
     config.data.source = "synthetic"
-    config.data.synthetic.height = 144
-    config.data.synthetic.width = 144
+    config.data.synthetic.height = 72
+    config.data.synthetic.width = 72
     config.data.synthetic.val_size = 128
-    config.data.short_size = 144
-    config.data.crop_size = (128, 128)
-    config.guidance.bg_ratio = 1 / 67**2
-    config.guidance.nms_ks = 27
-    config.batch_size = 16
-    config.num_train_steps = 600
-    config.optim.lr_steps = ()
+    # Motions scaled to the small frames (the defaults suit 416 pixels).
+    config.data.synthetic.max_object_shift = 10.0
+    config.data.synthetic.max_camera_shift = 3.0
+    config.data.short_size = 72
+    config.data.crop_size = (64, 64)
+    config.guidance.bg_ratio = 1 / 33**2
+    config.guidance.nms_ks = 13
+    config.batch_size = 8
+    config.num_train_steps = 1000
+    config.optim.lr_steps = (700, 900)
     config.eval_batch_size = 16
-    config.eval_every_steps = 200
-    config.eval_at_start = False
-    config.checkpoint_every_steps = 200
-    config.log_every_steps = 20
+    config.eval_every_steps = 250
+    config.eval_at_start = True
+    config.checkpoint_every_steps = 500
+    config.log_every_steps = 50
     return config

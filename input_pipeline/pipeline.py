@@ -462,7 +462,12 @@ def source_from_config(config: Any, split: str, process_index: int = 0, process_
         )
     if data.source == "synthetic":
         syn = data.synthetic
-        gen = synthetic.SyntheticConfig(height=syn.height, width=syn.width)
+        gen = synthetic.SyntheticConfig(
+            height=syn.height,
+            width=syn.width,
+            max_object_shift=syn.max_object_shift,
+            max_camera_shift=syn.max_camera_shift,
+        )
         size = syn.train_size if train else syn.val_size
         return synthetic_source(
             gen, size, syn.train_seed if train else syn.val_seed, process_index, process_count

@@ -1,0 +1,46 @@
+"""ResNet-50 on four sources, for LIP: ``rep_learning/resnet50_yfcc+youtube+vip+mpii_lip_16gpu_70k``.
+
+The "CMP (4.57M)" row of the original's results: YFCC + YouTube9K + VIP +
+MPII image-flow pairs, with the human-centric guidance (G = 80, K = 15) on
+all four. Only YFCC was released: make ``data/youtube9000``, ``data/VIP`` and
+``data/MPII`` ``lists/train.txt`` yourself (``scripts/extract_flow.py``).
+Validation is on YFCC.
+
+Launch::
+
+    python main.py --config=configs/lip_resnet.py --workdir=runs/lip_resnet
+
+Original: 16 GPUs x 10 images (global batch 160), 70k iterations (lr / 10 at
+40k and 60k), crop 320 of short side 416, G = 80 (its grid includes row and
+column 0), K = 15, no guidance cap; evaluation and checkpoint every 10k.
+
+Cost: 70,000 steps x 160 = 11.2M images. Not measured; rough estimates:
+training costs about 235 GFLOP per image (3x the 78 GFLOP forward pass at
+320x320, from XLA's cost analysis), 2.6 EFLOP in all: 3.5-7.5 h on one H100
+sustaining 100-200 TFLOP/s, with the input pipeline (65-98 samples/s per CPU
+core, measured on the development machine) needing about 5-13 host cores to
+keep up. Memory: XLA's memory analysis (compiled for CPU) puts float32
+training at about 0.9 GiB per image, about 145 GiB for the global batch: more
+than one H100 (80 GB) or H200 (141 GB) holds, so use several devices (or a
+smaller ``batch_size``, which changes the recipe).
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the config of ``resnet50_yfcc+youtube+vip+mpii_lip_16gpu_70k``."""
+    config = base.get_config()
+    config.data.train_lists = (
+        "data/yfcc/lists/train.txt",
+        "data/youtube9000/lists/train.txt",
+        "data/VIP/lists/train.txt",
+        "data/MPII/lists/train.txt",
+    )
+    config.guidance.bg_ratio = 0.00015625  # G = 80
+    config.guidance.nms_ks = 15
+    config.num_train_steps = 70_000
+    config.optim.lr_steps = (40_000, 60_000)
+    return config

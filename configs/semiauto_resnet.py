@@ -1,0 +1,44 @@
+"""ResNet-50, skip decoder, VIP + MPII: the original's ``semiauto_annot/resnet50_vip+mpii_liteflow``.
+
+The recipe of the released demo model (``ckpt_iter_42000.pth.tar``, used for
+the CMP and semi-automatic annotation demos): skip-layer decoder, logits at
+1/2 resolution. VIP and MPII frames, flow (LiteFlowNet) and lists were never
+released: make ``data/VIP/lists/{train,randval}.txt`` and
+``data/MPII/lists/train.txt`` yourself (``scripts/extract_flow.py``).
+
+Launch::
+
+    python main.py --config=configs/semiauto_resnet.py --workdir=runs/semiauto_resnet
+
+Original: 8 GPUs x 8 images (global batch 64), 42k iterations (lr / 10 at
+24k and 36k), crop 384 of short side 416, G = 131, K = 41, no guidance cap;
+evaluation and checkpoint every 5k, validation on VIP ``randval``.
+
+Cost: 42,000 steps x 64 = 2.69M images. Not measured; rough estimates:
+training costs about 425 GFLOP per image (3x the 142 GFLOP forward pass at
+384x384, from XLA's cost analysis), 1.1 EFLOP in all: 1.5-3.5 h on one H100
+sustaining 100-200 TFLOP/s, with the input pipeline (65-98 samples/s per CPU
+core, measured on the development machine) needing about 3-7 host cores to
+keep up. Memory: XLA's memory analysis (compiled for CPU) puts float32
+training at about 1.6 GiB per image, about 100 GiB for the global batch: more
+than one H100 (80 GB) holds, within one H200 (141 GB).
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the config of ``semiauto_annot/resnet50_vip+mpii_liteflow``."""
+    config = base.get_config()
+    config.model.decoder = "skip"  # ignores model.decoder_combo (always 1, 2, 4, 8)
+    config.data.train_lists = ("data/VIP/lists/train.txt", "data/MPII/lists/train.txt")
+    config.data.val_lists = ("data/VIP/lists/randval.txt",)
+    config.data.crop_size = (384, 384)
+    config.guidance.bg_ratio = 5.74e-5  # G = 131
+    config.guidance.nms_ks = 41
+    config.batch_size = 64  # 8 GPUs x 8
+    config.eval_every_steps = 5_000
+    config.checkpoint_every_steps = 5_000
+    return config
