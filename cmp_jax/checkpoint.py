@@ -30,7 +30,7 @@ class CheckpointShapeError(ValueError):
     """A checkpoint's arrays do not have the shapes the config's model needs."""
 
 
-def _key_name(path: tuple[Any, ...]) -> str:
+def key_name(path: tuple[Any, ...]) -> str:
     """``params/image_encoder/conv1/kernel`` from a pytree key path."""
     parts = []
     for key in path:
@@ -97,13 +97,13 @@ class Checkpointer:
         if stored is None:
             raise ValueError(f"checkpoint {self.directory / str(step)} has no readable metadata")
         shapes = {
-            _key_name(path): tuple(meta.shape)
+            key_name(path): tuple(meta.shape)
             for path, meta in jax.tree_util.tree_flatten_with_path(stored)[0]
             if hasattr(meta, "shape")
         }
         problems = []
         for path, value in jax.tree_util.tree_flatten_with_path(target)[0]:
-            name = _key_name(path)
+            name = key_name(path)
             if name not in shapes:
                 problems.append(f"{name}: missing from the checkpoint")
             elif shapes[name] != value.shape:

@@ -414,39 +414,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     def save(step: int) -> None:
         nonlocal state
         state = state.replace(batch_stats=parallel.mean_over_devices(state.batch_stats))
-        ckpt.save(step, _state_tree(parallel.first_replica(state)))
+        tree = _state_tree(parallel.first_replica(state))
+        bad = [
+            checkpoint.key_name(path)
+            for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x))
+        ]
+        if bad:
+            raise FloatingPointError(
+                f"non-finite values after step {step} in {len(bad)} arrays ({', '.join(bad[:5])}, ...): "
+                f"stopping without saving; the last good checkpoint (step {ckpt.latest_step()}) is kept "
+                f"in {ckpt.directory}. Lower optim.lr."
+            )
+        ckpt.save(step, tree)
 
     eval_metrics: dict[str, float] = {}
-    if start == 0 and config.eval_at_start:
-        eval_metrics = run_eval(0)
-    total = config.num_train_steps
-    progress = periodic_actions.ReportProgress(num_train_steps=total, every_secs=60.0)
-    history: list[dict[str, jax.Array]] = []
-    tick, tick_step = time.perf_counter(), start
-    batches: Iterable[dict[str, np.ndarray]] = train_ds.as_numpy_iterator()
-    for step, batch in zip(range(start + 1, total + 1), batches, strict=False):
-        state, metrics = p_train(state, batch)
-        if history:  # the previous step's loss, which is ready by now
-            _check_finite(parallel.first_replica(history[-1]), step - 1, ckpt)
-        history.append(metrics)
-        progress(step, time.perf_counter())
-        last = step == total
-        if step % config.log_every_steps == 0 or last:
-            values = jax.device_get([parallel.first_replica(m) for m in history])
-            _check_finite(values[-1], step, ckpt)
-            elapsed = time.perf_counter() - tick
-            scalars = {f"train/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
-            scalars["train/lr"] = float(values[-1]["lr"])
-            scalars["train/steps_per_s"] = (step - tick_step) / elapsed
-            scalars["train/images_per_s"] = (step - tick_step) * config.batch_size / elapsed
-            writer.write_scalars(step, scalars)
-            history, tick, tick_step = [], time.perf_counter(), step
-        if (config.eval_every_steps and step % config.eval_every_steps == 0) or last:
-            eval_metrics = run_eval(step)
-        if step % config.checkpoint_every_steps == 0 or last:
-            if history:
-                _check_finite(parallel.first_replica(history[-1]), step, ckpt)
-            save(step)
-    ckpt.close()
-    writer.flush()
+    try:
+        if start == 0 and config.eval_at_start:
+            eval_metrics = run_eval(0)
+        total = config.num_train_steps
+        progress = periodic_actions.ReportProgress(num_train_steps=total, every_secs=60.0)
+        history: list[dict[str, jax.Array]] = []
+        tick, tick_step = time.perf_counter(), start
+        batches: Iterable[dict[str, np.ndarray]] = train_ds.as_numpy_iterator()
+        for step, batch in zip(range(start + 1, total + 1), batches, strict=False):
+            state, metrics = p_train(state, batch)
+            if history:  # the previous step's loss, which is ready by now
+                _check_finite(parallel.first_replica(history[-1]), step - 1, ckpt)
+            history.append(metrics)
+            progress(step, time.perf_counter())
+            last = step == total
+            if step % config.log_every_steps == 0 or last:
+                values = jax.device_get([parallel.first_replica(m) for m in history])
+                _check_finite(values[-1], step, ckpt)
+                elapsed = time.perf_counter() - tick
+                scalars = {f"train/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
+                scalars["train/lr"] = float(values[-1]["lr"])
+                scalars["train/steps_per_s"] = (step - tick_step) / elapsed
+                scalars["train/images_per_s"] = (step - tick_step) * config.batch_size / elapsed
+                writer.write_scalars(step, scalars)
+                history, tick, tick_step = [], time.perf_counter(), step
+            if (config.eval_every_steps and step % config.eval_every_steps == 0) or last:
+                eval_metrics = run_eval(step)
+            if step % config.checkpoint_every_steps == 0 or last:
+                if history:
+                    _check_finite(parallel.first_replica(history[-1]), step, ckpt)
+                save(step)
+    finally:  # pending checkpoint writes complete even when training stops on an error
+        ckpt.close()
+        writer.close()
     return eval_metrics

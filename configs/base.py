@@ -38,6 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
     # ResNet dilation pattern: "cmp" (every block of a dilated layer dilated, as
     # the original) or "torchvision" (first block keeps the previous dilation).
     config.model.dilation_style = "cmp"
+    # Convolution formulation: "xla" (lax.conv; the native path on GPU/TPU) or
+    # "taps" (a sum of per-tap matmuls, same parameters; about 2x faster training
+    # steps on the 2-core development CPU, 1.35-1.4x PyTorch's speed there).
+    config.model.conv_impl = "xla"
 
     # --- flow quantisation: cmp_jax.flow.FlowBins(**config.flow)
     config.flow = ml_collections.ConfigDict()

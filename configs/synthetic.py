@@ -31,7 +31,9 @@ def get_config():
     config.guidance.nms_ks = 13
     config.batch_size = 8
     config.num_train_steps = 1000
-    config.optim.lr_steps = (700, 900)
+    # lr scaled down for the small batch (the original's 0.1 is for 160 images).
+    config.optim.lr = 0.01
+    config.optim.lr_steps = (800, 950)
     config.eval_batch_size = 16
     config.eval_every_steps = 250
     config.eval_at_start = True

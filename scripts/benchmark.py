@@ -4,6 +4,8 @@ Usage::
 
     python scripts/benchmark.py sampler [--repeats N] [--seed S]
     python scripts/benchmark.py pipeline [--seconds S]
+    python scripts/benchmark.py train_step [--backbone B] [--decoder D] [--batch N] [--size S]
+        [--repeats R] [--threads T] [--variants xla-f32,taps-f32,xla-bf16,taps-bf16]
 
 Subcommands:
 
@@ -16,6 +18,22 @@ Subcommands:
   384, grid + watershed guidance with K = 81, G = 200, batched), in child
   processes pinned to 1 and then 2 cores. Last line
   ``samples_per_s_per_core <X>`` (the 2-core rate divided by 2).
+* ``train_step``: one jitted single-device ``cmp_jax.train.train_step``
+  (state donated) per variant (conv formulation x compute dtype) against the
+  PyTorch twin (``cmp_jax.torch_models.CMP``, same weights) doing the same
+  step: forward, the discrete loss (logits upsampled bilinear align-corners
+  to the crop, flow quantised as ``FlowBins.quantize``, CE x + CE y),
+  backward, ``torch.optim.SGD(lr, momentum 0.9, weight_decay 1e-4)``. Same
+  batch, same size, BatchNorm in training mode on both sides. Threads: the
+  process is pinned (``sched_setaffinity``) to T cores before XLA or PyTorch
+  start their thread pools (XLA sizes its pool from the affinity mask) and
+  PyTorch gets ``torch.set_num_threads(T)``. Both are compiled/warmed up, then
+  timed in interleaved rounds (the order rotates each round); medians. XLA's
+  FLOP count per step comes from ``cost_analysis()`` of each compiled step;
+  every GFLOP/s figure uses the count of the first ``xla`` variant (the same
+  math; a taps program also counts the additions of its partial sums).
+  Prints a markdown table; the last line is ``jax_over_torch <X>``, the
+  img/s ratio of the first variant (default: the base config's).
 
 Each subcommand is a ``(help, add_arguments, run)`` entry of ``COMMANDS``.
 BLAS/OpenMP pools are limited to one thread before NumPy is imported, so
@@ -30,12 +48,14 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import math  # noqa: E402
 import pathlib  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -197,6 +217,184 @@ def run_pipeline(args: argparse.Namespace) -> None:
     print(f"samples_per_s_per_core {rates[2] / 2:.1f}")
 
 
+_TRAIN_VARIANTS = ("xla-f32", "taps-f32", "xla-bf16", "taps-bf16")
+_DTYPES = {"f32": "float32", "bf16": "bfloat16"}
+
+
+def _default_variants() -> str:
+    """The four variants, the base config's (conv_impl, dtype) first."""
+    from configs import base
+
+    model = base.get_config().model
+    dtype = {v: k for k, v in _DTYPES.items()}.get(model.dtype, "f32")
+    first = f"{model.get('conv_impl', 'xla')}-{dtype}"
+    return ",".join([first] + [v for v in _TRAIN_VARIANTS if v != first])
+
+
+def _add_train_step_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="resnet50", help="alexnet, resnet18/34/50/101")
+    parser.add_argument("--decoder", default="plain", help="plain or skip")
+    parser.add_argument("--batch", type=int, default=2, help="images per step")
+    parser.add_argument("--size", type=int, default=320, help="square crop side in pixels")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per implementation")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="cores to pin to and torch threads (0: all available)"
+    )
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help=f"comma-separated <conv_impl>-<f32|bf16> of {_TRAIN_VARIANTS}; the first gives "
+        "jax_over_torch (default: all four, the base config's first)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the batch")
+
+
+def _train_batch(batch: int, size: int, seed: int) -> dict[str, np.ndarray]:
+    """A random normalised image, ~1% guidance points and flow over +-60 px (ends clamp), NHWC."""
+    rng = np.random.default_rng(seed)
+    image = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
+    mask = (rng.random((batch, size, size, 1)) < 0.01).astype(np.float32).repeat(2, -1)
+    flow = rng.uniform(-60, 60, (batch, size, size, 2)).astype(np.float32)
+    return {
+        "image": image,
+        "sparse": flow * mask,
+        "mask": mask,
+        "flow": flow,
+        "num_guides": mask[..., 0].sum((1, 2)).astype(np.int32),
+    }
+
+
+def run_train_step(args: argparse.Namespace) -> None:
+    """Jitted JAX train step per variant vs the PyTorch twin, interleaved; img/s and GFLOP/s."""
+    available = sorted(os.sched_getaffinity(0))
+    threads = args.threads or len(available)
+    if threads > len(available):
+        sys.exit(f"--threads {threads} but only {len(available)} cores are available")
+    # Pin before XLA and PyTorch size their thread pools from the affinity mask.
+    os.sched_setaffinity(0, available[:threads])
+    variants = (args.variants or _default_variants()).split(",")
+    for v in variants:
+        if v not in _TRAIN_VARIANTS:
+            sys.exit(f"unknown variant {v!r}; choose from {_TRAIN_VARIANTS}")
+
+    # torch/torchvision before anything that imports TensorFlow (cmp_jax.train does, via clu).
+    import torch
+    import torch.nn.functional as F
+
+    from cmp_jax import torch_models
+
+    torch.set_num_threads(threads)
+    import jax
+
+    from cmp_jax import train
+    from configs import base
+
+    host_batch = _train_batch(args.batch, args.size, args.seed)
+    config = base.get_config()
+    config.model.backbone = args.backbone
+    config.model.decoder = args.decoder
+    config.data.crop_size = (args.size, args.size)
+    config.batch_size = args.batch
+
+    steps: dict[str, Callable[[], float]] = {}
+    flops: dict[str, float] = {}
+    first_loss: dict[str, float] = {}
+    variables = None
+    for v in variants:
+        impl, dtype = v.split("-")
+        config.model.conv_impl = impl
+        config.model.dtype = _DTYPES[dtype]
+        model, bins = train.build_from_config(config)
+        schedule = train.learning_rate_schedule(config)
+        state = train.create_train_state(config, model, train.create_optimizer(config, schedule))
+        if variables is None:
+            variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+        batch = jax.device_put(host_batch)
+        step = jax.jit(
+            functools.partial(train.train_step, bins=bins, schedule=schedule, axis_name=None),
+            donate_argnums=0,
+        )
+        start = time.perf_counter()
+        compiled = step.lower(state, batch).compile()
+        compile_s = time.perf_counter() - start
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops[v] = float((cost or {}).get("flops", math.nan))
+        holder = [state]
+
+        def jax_step(compiled=compiled, holder=holder, batch=batch):
+            holder[0], metrics = compiled(holder[0], batch)
+            jax.block_until_ready((holder[0], metrics))
+            return float(metrics["loss"])
+
+        first_loss[v] = jax_step()
+        print(f"{v}: compiled in {compile_s:.0f} s, first loss {first_loss[v]:.4f}", flush=True)
+        steps[v] = jax_step
+
+    twin = torch_models.CMP(
+        args.backbone, args.decoder, tuple(config.model.decoder_combo), config.model.output_stride,
+        config.flow.num_bins,
+    ).train()  # fmt: skip
+    torch_models.load_flax_variables(twin, variables)
+    optimizer = torch.optim.SGD(
+        twin.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
+        weight_decay=config.optim.weight_decay,
+    )  # fmt: skip
+    nchw = {k: torch.from_numpy(np.ascontiguousarray(host_batch[k].transpose(0, 3, 1, 2))) for k in
+            ("image", "sparse", "mask", "flow")}  # fmt: skip
+    num_bins, fmax = config.flow.num_bins, config.flow.fmax
+    width = 2.0 * fmax / num_bins
+
+    def torch_step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        logits = twin(nchw["image"], nchw["sparse"], nchw["mask"])
+        logits = F.interpolate(logits, size=(args.size, args.size), mode="bilinear", align_corners=True)
+        # FlowBins.quantize: clamp inside +-fmax by 1e-3, floor into bins of width 2 fmax / C.
+        flow = nchw["flow"].clamp(-fmax + 1e-3, fmax - 1e-3)
+        target = ((flow + fmax) / width).floor().long().clamp(0, num_bins - 1)
+        loss = F.cross_entropy(logits[:, :num_bins], target[:, 0]) + F.cross_entropy(
+            logits[:, num_bins:], target[:, 1]
+        )
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    first_loss["torch"] = torch_step()
+    print(f"torch: first loss {first_loss['torch']:.4f} ({torch.get_num_threads()} threads)", flush=True)
+    steps["torch"] = torch_step
+    for _ in range(args.warmup):
+        for fn in steps.values():
+            fn()
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(args.repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            times[name].append(_time_call(steps[name]))
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    # The taps programs add their partial sums, which XLA counts: take the conv count.
+    counted = next((v for v in variants if v.startswith("xla")), variants[0])
+    step_flops = flops[counted]
+
+    print(
+        f"{args.backbone} + {args.decoder} decoder, batch {args.batch} at {args.size}x{args.size}, "
+        f"{threads} thread(s); {args.repeats} interleaved steps each, medians; "
+        f"XLA FLOPs/step {step_flops / 1e9:.1f} G (cost_analysis of {counted}; "
+        + ", ".join(f"{v}: {f / 1e9:.1f} G" for v, f in flops.items())
+        + ")"
+    )
+    print("| implementation | s/step | img/s | GFLOP/s | vs torch |")
+    print("| --- | --- | --- | --- | --- |")
+    for name in ["torch"] + variants:
+        s = seconds[name]
+        label = "pytorch f32" if name == "torch" else f"jax {name.replace('-', ' ')}"
+        print(
+            f"| {label} | {s:.2f} | {args.batch / s:.2f} | {step_flops / s / 1e9:.0f} | "
+            f"{seconds['torch'] / s:.2f}x |"
+        )
+    print(f"jax_over_torch {seconds['torch'] / seconds[variants[0]]:.2f}")
+
+
 COMMANDS = {
     "sampler": ("guidance sampler vs the SciPy oracle", _add_sampler_arguments, run_sampler),
     "pipeline": ("list-file tf.data pipeline on 1 and 2 cores", _add_pipeline_arguments, run_pipeline),
@@ -205,6 +403,7 @@ COMMANDS = {
         _add_pipeline_worker_arguments,
         run_pipeline_worker,
     ),
+    "train_step": ("jitted JAX train step vs the PyTorch twin", _add_train_step_arguments, run_train_step),
 }
 
 

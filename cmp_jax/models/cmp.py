@@ -44,6 +44,8 @@ class CMP(nn.Module):
       dtype: compute dtype (parameters stay float32).
       bn_axis_name: pmap axis for synchronised BatchNorm, or ``None``.
       dilation_style: ResNet dilation pattern, ``"cmp"`` or ``"torchvision"``.
+      conv_impl: convolution formulation, ``"xla"`` or ``"taps"`` (faster on CPU;
+        see ``ModelOps``); the parameters are the same.
     """
 
     backbone: str = "resnet50"
@@ -57,6 +59,7 @@ class CMP(nn.Module):
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
     dilation_style: str = "cmp"
+    conv_impl: str = "xla"
 
     @property
     def stride(self) -> int:
@@ -71,7 +74,9 @@ class CMP(nn.Module):
             raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {DECODERS}")
         if self.decoder == "skip" and self.backbone == "alexnet":
             raise ValueError("the skip decoder needs a ResNet backbone (AlexNet has no skips)")
-        ops = ModelOps(init=self.init_scheme, dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+        ops = ModelOps(
+            init=self.init_scheme, dtype=self.dtype, bn_axis_name=self.bn_axis_name, conv_impl=self.conv_impl
+        )
         if self.backbone == "alexnet":
             self.image_encoder = AlexNetBNFCN(ops, output_dim=self.img_enc_dim)
         else:

@@ -13,6 +13,20 @@ Two initialisation schemes are available (``ModelOps.init``):
   BatchNorm scale ~ N(1, 0.02), BatchNorm shift 0.
 * ``"he"``: He/Kaiming normal on ``fan_out`` (std = sqrt(2 / (out * k * k))),
   as torchvision initialises ResNets; BatchNorm scale 1, shift 0, biases 0.
+
+Two formulations of the convolution are available (``ModelOps.conv_impl``),
+with identical parameters:
+
+* ``"xla"`` (default): ``lax.conv_general_dilated``.
+* ``"taps"``: ``tap_conv``, a k x k convolution written as the sum over its
+  k * k taps of a 2-D matmul (N * H' * W', C_in) @ (C_in, C_out) of a strided,
+  shifted slice of the padded input; a 1x1 convolution is a single matmul.
+  XLA:CPU computes the weight gradient of ``lax.conv`` slowly (2-6x slower
+  than the forward for wide layers); the gradients of these matmuls are plain
+  matmuls. Convolutions with fewer than ``TAP_MIN_CHANNELS`` input channels
+  (the RGB and guidance stems), where k * k thin matmuls lose, stay on
+  ``lax.conv``. Meant for CPU training (``scripts/benchmark.py train_step``);
+  on GPU/TPU ``lax.conv`` is the native path.
 """
 
 from __future__ import annotations
@@ -27,6 +41,9 @@ import jax.numpy as jnp
 from jax import lax
 
 INIT_SCHEMES = ("original", "he")
+CONV_IMPLS = ("xla", "taps")
+# Below this many input channels a k x k "taps" convolution (k > 1) uses lax.conv.
+TAP_MIN_CHANNELS = 16
 
 _XAVIER_GAIN = 0.02
 _BN_SCALE_STD = 0.02
@@ -48,15 +65,21 @@ class ModelOps:
       bn_axis_name: when set, BatchNorm averages its batch statistics over this
         pmap/shard_map axis (synchronised BN). ``None`` keeps them per device,
         as the original does.
+      conv_impl: convolution formulation, one of ``CONV_IMPLS``: ``"xla"``
+        (``lax.conv_general_dilated``) or ``"taps"`` (``tap_conv``). Same
+        parameters and function; only speed and rounding differ.
     """
 
     init: str = "original"
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
+    conv_impl: str = "xla"
 
     def __post_init__(self):
         if self.init not in INIT_SCHEMES:
             raise ValueError(f"unknown init scheme {self.init!r}; choose one of {INIT_SCHEMES}")
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"unknown conv_impl {self.conv_impl!r}; choose one of {CONV_IMPLS}")
 
     def kernel_init(self) -> nn.initializers.Initializer:
         """Returns the conv kernel initialiser of the chosen scheme."""
@@ -101,6 +124,7 @@ class ModelOps:
             param_dtype=jnp.float32,
             kernel_init=self.kernel_init(),
             bias_init=nn.initializers.zeros,
+            conv_general_dilated=tap_conv if self.conv_impl == "taps" else None,
             name=name,
         )
 
@@ -108,6 +132,104 @@ class ModelOps:
         """A BatchNorm2d with the original's eps (1e-5) and momentum (0.1)."""
         scale_init = _bn_scale_init if self.init == "original" else nn.initializers.ones
         return BatchNorm(axis_name=self.bn_axis_name, scale_init=scale_init, dtype=self.dtype, name=name)
+
+
+def _pair(value: int | Sequence[int] | None) -> tuple[int, int]:
+    if value is None:
+        return (1, 1)
+    if isinstance(value, int):
+        return (value, value)
+    return (int(value[0]), int(value[1]))
+
+
+def tap_conv(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """``lax.conv_general_dilated`` for NHWC x HWIO as a sum of per-tap matmuls.
+
+    For a kh x kw kernel with stride s, dilation d and padding p, the padded
+    input is sliced once per tap (i, j), starting at (i * d, j * d) with step s,
+    to an (N, H', W', C_in) array; each slice, flattened to (N * H' * W', C_in),
+    is multiplied by ``rhs[i, j]`` (C_in, C_out) and the products are summed.
+    Low-precision inputs accumulate in float32 and are rounded once at the
+    end. Convolutions with kh * kw > 1 and fewer than ``TAP_MIN_CHANNELS``
+    input channels are passed to ``lax.conv_general_dilated``.
+
+    The signature is ``lax.conv_general_dilated``'s so that ``flax.linen.Conv``
+    can take it as its ``conv_general_dilated``; only what ``ModelOps.conv``
+    uses is supported (NHWC/HWIO/NHWC, explicit padding or ``"VALID"``, no
+    input dilation, one feature group).
+
+    Args:
+      lhs: input, (N, H, W, C_in).
+      rhs: kernel, (kh, kw, C_in, C_out).
+      window_strides: (sh, sw).
+      padding: ((top, bottom), (left, right)) zero padding or ``"VALID"``.
+      lhs_dilation: must be None or all ones.
+      rhs_dilation: kernel dilation (dh, dw) or None.
+      dimension_numbers: must describe NHWC, HWIO, NHWC (or be None).
+      feature_group_count: must be 1.
+      precision: matmul precision, as for ``lax.dot_general``.
+      preferred_element_type: output dtype (default: the input dtype).
+
+    Returns:
+      (N, H', W', C_out) output, H' = (H + top + bottom - dh * (kh - 1) - 1) // sh + 1
+      (likewise W').
+
+    Raises:
+      NotImplementedError: for an unsupported layout, input dilation, grouping
+        or padding.
+    """
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    if dimension_numbers is not None and (
+        lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc
+    ):
+        raise NotImplementedError(f"tap_conv supports NHWC/HWIO/NHWC only, got {dimension_numbers}")
+    if _pair(lhs_dilation) != (1, 1) or feature_group_count != 1:
+        raise NotImplementedError("tap_conv supports neither input dilation nor feature groups")
+    if isinstance(padding, str):
+        if padding != "VALID":
+            raise NotImplementedError(f"tap_conv takes explicit padding or 'VALID', got {padding!r}")
+        padding = ((0, 0), (0, 0))
+    kh, kw, cin, cout = rhs.shape
+    if kh * kw > 1 and cin < TAP_MIN_CHANNELS:
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=nhwc,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+    (sh, sw), (dh, dw) = _pair(tuple(window_strides)), _pair(rhs_dilation)
+    (top, bottom), (left, right) = padding
+    x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    n, h, w, _ = x.shape
+    out_h = (h - dh * (kh - 1) - 1) // sh + 1
+    out_w = (w - dw * (kw - 1) - 1) // sw + 1
+    out_dtype = preferred_element_type or lhs.dtype
+    acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            start = (0, i * dh, j * dw, 0)
+            limit = (n, i * dh + (out_h - 1) * sh + 1, j * dw + (out_w - 1) * sw + 1, cin)
+            tap = lax.slice(x, start, limit, (1, sh, sw, 1)).reshape(n * out_h * out_w, cin)
+            # A 2-D dot: XLA:CPU runs an einsum contracting N, H, W at once far slower.
+            term = lax.dot(tap, rhs[i, j], precision=precision, preferred_element_type=acc_dtype)
+            y = term if y is None else y + term
+    return y.astype(out_dtype).reshape(n, out_h, out_w, cout)
 
 
 class BatchNorm(nn.Module):
