@@ -43,6 +43,7 @@ from cmp_jax.flow import FlowBins, logits_to_flow
 from cmp_jax.jsonl_writer import JsonlWriter
 from cmp_jax.losses import discrete_flow_loss
 from cmp_jax.models import CMP, build_model
+from input_pipeline import pipeline
 
 _BASELINES = ("zero", "nearest", "splat")
 
@@ -310,10 +311,6 @@ def _pictures(batch: Mapping[str, np.ndarray], flow: np.ndarray, count: int) -> 
 
 
 def _create_dataset(config: ml_collections.ConfigDict, split: str, local_batch: int, start_step: int = 0):
-    # Imported here: the input pipeline imports TensorFlow, which the pure step
-    # functions (and their users) do not need.
-    from input_pipeline import pipeline
-
     return pipeline.create_from_config(config, split, local_batch=local_batch, start_step=start_step)
 
 

@@ -24,17 +24,12 @@ one released recipe whose global batch fits one H100 (80 GB).
 
 import ml_collections
 
-from configs import base
+from configs import yfcc_alexnet
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """Returns the config of ``alexnet_yfcc_voc_8gpu_140k``."""
-    config = base.get_config()
-    config.model.backbone = "alexnet"  # stride 32; model.output_stride is unused
-    config.data.crop_size = (384, 384)
-    config.guidance.bg_ratio = 0.00015625  # G = 80
-    config.guidance.nms_ks = 41
-    config.guidance.max_num_guide = 150
+    """Returns the config of ``alexnet_yfcc_voc_8gpu_140k`` (``yfcc_alexnet`` on 8 GPUs)."""
+    config = yfcc_alexnet.get_config()
     config.batch_size = 96  # 8 GPUs x 12
     config.num_train_steps = 140_000
     config.optim.lr_steps = (80_000, 120_000)

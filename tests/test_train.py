@@ -141,7 +141,8 @@ def test_train_and_evaluate_writes_checkpoints_metrics_and_config(full_run):
             assert math.isfinite(r[key]) and r[key] > 0, (key, r)
     # lr_steps = (3,): steps 1-3 (0-based 0-2) at lr, step 4 decayed.
     lrs = [r["train/lr"] for r in train_lines]
-    np.testing.assert_allclose(lrs, [0.1, 0.1, 0.1, 0.01], rtol=1e-6)
+    lr = config.optim.lr
+    np.testing.assert_allclose(lrs, [lr, lr, lr, lr * config.optim.lr_decay], rtol=1e-6)
     # num_guides is the mean over the batch: at least the grid's (32 // 8) ** 2 points.
     assert all(r["train/num_guides"] >= 16 for r in train_lines)
 
