@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -140,14 +139,10 @@ def _mean_over_devices(tree: Any) -> Any:
 
 
 def mean_over_devices(tree: Any) -> Any:
-    """Averages a replicated tree over all devices (of all processes); keeps it replicated.
+    """Averages a replicated tree of float arrays over all devices (of all processes).
 
     Used for the per-device BatchNorm running statistics before evaluation and
     checkpoints, so that every device (and the checkpoint) holds the same
-    estimate. Integer leaves are left alone.
+    estimate. The result stays replicated; an empty tree is returned as is.
     """
-    if not jax.tree.leaves(tree):
-        return tree
-    floats = jax.tree.map(lambda x: jnp.issubdtype(x.dtype, jnp.floating), tree)
-    averaged = _mean_over_devices(tree)
-    return jax.tree.map(lambda f, a, x: a if f else x, floats, averaged, tree)
+    return _mean_over_devices(tree) if jax.tree.leaves(tree) else tree

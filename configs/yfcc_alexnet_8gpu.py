@@ -11,15 +11,10 @@ Original: 8 GPUs x 12 images (global batch 96), 140k iterations (lr / 10 at
 80k and 120k), crop 384 of short side 416, G = 80, K = 41, at most 150
 guidance points; evaluation and checkpoint every 10k. Data: YFCC, as the base.
 
-Cost: 140,000 steps x 96 = 13.44M images. Not measured; rough estimates:
-training costs about 44 GFLOP per image (3x the 15 GFLOP forward pass at
-384x384, from XLA's cost analysis), 0.6 EFLOP in all: 0.8-1.6 h of H100
-compute at 100-200 TFLOP/s, so the input pipeline (65-98 samples/s per CPU
-core, measured on the development machine) sets the pace: about 2.5-3.5 h
-with 16 host cores. Memory: XLA's memory analysis (compiled for CPU) puts
-float32 training at about 0.51 GiB per image (mostly the loss on logits
-upsampled to the full crop), about 50 GiB for the global batch of 96: the
-one released recipe whose global batch fits one H100 (80 GB).
+Cost: 140,000 steps x 96 = 13.44M images, the same compute as
+``configs/yfcc_alexnet.py`` (see its docstring; not measured). Memory: about
+50 GiB for the global batch of 96 in float32 (XLA's estimate compiled for
+CPU): the one released recipe whose global batch fits one H100 (80 GB).
 """
 
 import ml_collections
