@@ -43,6 +43,44 @@ def key_name(path: tuple[Any, ...]) -> str:
     return "/".join(parts)
 
 
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {
+        key_name(path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if hasattr(leaf, "shape")
+    }
+
+
+def check_tree(expected: Any, given: Any, what: str, allow_unexpected: bool = False) -> None:
+    """Compares two pytrees of arrays (or array metadata) by key path and shape.
+
+    Args:
+      expected: the tree the config's model needs.
+      given: the tree found (a checkpoint's metadata, converted variables).
+      what: names ``given`` in the error message.
+      allow_unexpected: accept arrays of ``given`` that ``expected`` lacks.
+
+    Raises:
+      CheckpointShapeError: listing every missing, unexpected or mis-shaped
+        array by its path (``params/flow_decoder/head/kernel``).
+    """
+    want, have = _shapes(expected), _shapes(given)
+    problems = [f"{name}: missing from {what}" for name in want if name not in have]
+    problems += [
+        f"{name}: {what} has {have[name]}, the config's model needs {shape}"
+        for name, shape in want.items()
+        if name in have and have[name] != shape
+    ]
+    if not allow_unexpected:
+        problems += [f"{name}: unexpected in {what}" for name in have if name not in want]
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise CheckpointShapeError(
+            f"{what} does not match the config's model ({len(problems)} arrays):\n  {shown}{more}"
+        )
+
+
 class Checkpointer:
     """Saves and restores training-state pytrees under one directory.
 
@@ -96,25 +134,7 @@ class Checkpointer:
         stored = getattr(stored, "tree", stored)
         if stored is None:
             raise ValueError(f"checkpoint {self.directory / str(step)} has no readable metadata")
-        shapes = {
-            key_name(path): tuple(meta.shape)
-            for path, meta in jax.tree_util.tree_flatten_with_path(stored)[0]
-            if hasattr(meta, "shape")
-        }
-        problems = []
-        for path, value in jax.tree_util.tree_flatten_with_path(target)[0]:
-            name = key_name(path)
-            if name not in shapes:
-                problems.append(f"{name}: missing from the checkpoint")
-            elif shapes[name] != value.shape:
-                problems.append(f"{name}: checkpoint {shapes[name]}, config {value.shape}")
-        if problems:
-            shown = "\n  ".join(problems[:20])
-            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-            raise CheckpointShapeError(
-                f"checkpoint {self.directory / str(step)} does not match the config's model "
-                f"({len(problems)} arrays):\n  {shown}{more}"
-            )
+        check_tree(target, stored, f"checkpoint {self.directory / str(step)}", allow_unexpected=True)
         return self._manager.restore(step, args=ocp.args.StandardRestore(target))
 
     def wait_until_finished(self) -> None:

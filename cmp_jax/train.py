@@ -7,10 +7,8 @@ pmaps them. Batches are dicts from ``input_pipeline.pipeline``: ``image``
 (B, H, W, 3) normalised, ``sparse``/``mask``/``flow`` (B, H, W, 2) with flow in
 pixels, ``num_guides`` (B,).
 
-The optimiser is the original's: SGD with momentum 0.9 and weight decay 1e-4
-added to the gradient of every parameter (PyTorch's coupling), lr 0.1 times
-0.1 for every milestone of ``optim.lr_steps`` reached (lr of step i, 0-based:
-``lr * decay ** #{s in lr_steps: s <= i}``).
+The state, its initialisation and the optimiser (the original's SGD with step
+decay) live in ``cmp_jax.state``, which this module re-exports.
 
 The loop: initialise (or resume from the newest checkpoint in
 ``workdir/checkpoints``: step, parameters, BatchNorm statistics, optimiser
@@ -33,102 +31,36 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
-from flax.training import train_state
 
 from cmp_jax import checkpoint, evaluation, parallel
 from cmp_jax.flow import FlowBins, logits_to_flow
 from cmp_jax.jsonl_writer import JsonlWriter
 from cmp_jax.losses import discrete_flow_loss
-from cmp_jax.models import CMP, build_model
+from cmp_jax.state import (
+    TrainState,
+    build_from_config,
+    create_optimizer,
+    create_train_state,
+    learning_rate_schedule,
+    state_tree,
+    with_tree,
+)
 from input_pipeline import pipeline
 
+__all__ = [
+    "TrainState",
+    "build_from_config",
+    "create_optimizer",
+    "create_train_state",
+    "eval_step",
+    "learning_rate_schedule",
+    "train_and_evaluate",
+    "train_step",
+]
+
 _BASELINES = ("zero", "nearest", "splat")
-
-
-class TrainState(train_state.TrainState):
-    """Parameters, optimiser state and step (``flax.training``) plus BatchNorm statistics and RNG.
-
-    Attributes:
-      batch_stats: BatchNorm running means and variances.
-      rng: (2,) uint32 base key; the dropout key of a step is derived from it and
-        the step number (and the device), so resuming draws the same numbers.
-    """
-
-    batch_stats: Any
-    rng: jax.Array
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> Callable[[Any], Any]:
-    """Step decay: ``lr * lr_decay ** (number of lr_steps <= step)``, step 0-based.
-
-    ``optim.lr_steps = ()`` means 2/3.5 and 3/3.5 of ``num_train_steps``, rounded.
-    """
-    steps = tuple(config.optim.lr_steps) or tuple(
-        round(config.num_train_steps * f) for f in (2 / 3.5, 3 / 3.5)
-    )
-    if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
-        raise ValueError(f"optim.lr_steps must increase, got {steps}")
-    base, decay = float(config.optim.lr), float(config.optim.lr_decay)
-    boundaries = jnp.asarray(steps, jnp.int32)
-
-    def schedule(step):
-        reached = jnp.sum(jnp.asarray(step, jnp.int32) >= boundaries)
-        return base * decay ** reached.astype(jnp.float32)
-
-    return schedule
-
-
-def create_optimizer(
-    config: ml_collections.ConfigDict, schedule: Callable[[Any], Any]
-) -> optax.GradientTransformation:
-    """SGD as PyTorch's ``SGD(lr, momentum, weight_decay)``: decay added to the gradient first."""
-    return optax.chain(
-        optax.add_decayed_weights(config.optim.weight_decay),
-        optax.sgd(schedule, momentum=config.optim.momentum),
-    )
-
-
-def build_from_config(config: ml_collections.ConfigDict) -> tuple[CMP, FlowBins]:
-    """The model (BatchNorm synchronised over devices when ``sync_batchnorm``) and the flow bins."""
-    axis = parallel.AXIS_NAME if config.sync_batchnorm else None
-    model = build_model(config.model, num_bins=config.flow.num_bins, bn_axis_name=axis)
-    return model, FlowBins(num_bins=config.flow.num_bins, fmax=config.flow.fmax)
-
-
-def _crop(config: ml_collections.ConfigDict) -> tuple[int, int]:
-    crop = config.data.crop_size
-    return (crop, crop) if isinstance(crop, int) else (int(crop[0]), int(crop[1]))
-
-
-def create_train_state(
-    config: ml_collections.ConfigDict, model: CMP, tx: optax.GradientTransformation
-) -> TrainState:
-    """Initialises parameters (seeded by ``config.seed``) for the configured crop size.
-
-    The model is initialised without BatchNorm synchronisation (outside pmap),
-    which does not change any parameter.
-    """
-    h, w = _crop(config)
-    model.clone(bn_axis_name=None).check_size(h, w)
-    init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    image = jnp.zeros((1, h, w, 3), jnp.float32)
-    guide = jnp.zeros((1, h, w, 2), jnp.float32)
-
-    @jax.jit
-    def init(key):
-        return model.clone(bn_axis_name=None).init({"params": key, "dropout": key}, image, guide, guide)
-
-    variables = init(init_key)
-    return TrainState.create(
-        apply_fn=model.apply,
-        params=variables["params"],
-        tx=tx,
-        batch_stats=variables.get("batch_stats", {}),
-        rng=state_key,
-    )
 
 
 def train_step(
@@ -314,26 +246,6 @@ def _create_dataset(config: ml_collections.ConfigDict, split: str, local_batch: 
     return pipeline.create_from_config(config, split, local_batch=local_batch, start_step=start_step)
 
 
-def _state_tree(state: TrainState) -> dict[str, Any]:
-    return {
-        "step": state.step,
-        "params": state.params,
-        "batch_stats": state.batch_stats,
-        "opt_state": state.opt_state,
-        "rng": state.rng,
-    }
-
-
-def _with_tree(state: TrainState, tree: Mapping[str, Any]) -> TrainState:
-    return state.replace(
-        step=jnp.asarray(tree["step"]),
-        params=tree["params"],
-        batch_stats=tree["batch_stats"],
-        opt_state=tree["opt_state"],
-        rng=jnp.asarray(tree["rng"]),
-    )
-
-
 def _check_finite(metrics: Mapping[str, Any], step: int, ckpt: checkpoint.Checkpointer) -> None:
     loss = float(np.asarray(metrics["loss"]))
     if not math.isfinite(loss):
@@ -384,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config.max_to_keep)
     latest = ckpt.latest_step()
     if latest is not None:
-        state = _with_tree(state, ckpt.restore(latest, _state_tree(state)))
+        state = with_tree(state, ckpt.restore(latest, state_tree(state)))
         logging.info("resumed from %s at step %d", ckpt.directory / str(latest), latest)
     start = int(state.step)
     if jax.process_index() == 0:
@@ -411,7 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     def save(step: int) -> None:
         nonlocal state
         state = state.replace(batch_stats=parallel.mean_over_devices(state.batch_stats))
-        tree = _state_tree(parallel.first_replica(state))
+        tree = state_tree(parallel.first_replica(state))
         bad = [
             checkpoint.key_name(path)
             for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
