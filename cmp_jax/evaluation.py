@@ -189,7 +189,7 @@ def denormalize_image(image: np.ndarray) -> np.ndarray:
     return np.clip(np.round(v), 0, 255).astype(np.uint8)
 
 
-def _draw_guidance(rgb: np.ndarray, sparse: np.ndarray, guided: np.ndarray) -> np.ndarray:
+def draw_guidance(rgb: np.ndarray, sparse: np.ndarray, guided: np.ndarray) -> np.ndarray:
     """Draws a dot and an arrow along the guidance vector at each guidance pixel.
 
     Args:
@@ -246,7 +246,7 @@ def flow_pictures(
             # float64, as flow_to_color computes magnitudes: the largest one maps to exactly 1.
             scale = float(np.linalg.norm(target[i].astype(np.float64), axis=-1).max())
         panels = (
-            _draw_guidance(np.ascontiguousarray(rgb[i]), target[i], guided[i]),
+            draw_guidance(np.ascontiguousarray(rgb[i]), target[i], guided[i]),
             flow_to_color(target[i], max_flow=scale),
             flow_to_color(pred[i], max_flow=scale),
         )

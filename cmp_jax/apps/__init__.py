@@ -1,0 +1,1 @@
+"""Applications of a trained CMP: click annotation and guided animation."""
