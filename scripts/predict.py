@@ -41,9 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     picture = draw_guidance(flow_to_color(flow), sparse, mask[..., 0] > 0)
     cli.write_rgb(f"{args.out}.png", picture)
     magnitude = np.hypot(flow[..., 0], flow[..., 1])
-    print(
-        f"wrote {args.out}.flo and {args.out}.png: flow {flow.shape[1]}x{flow.shape[0]}, max |flow| {magnitude.max():.2f} px"
-    )
+    h, w = flow.shape[:2]
+    print(f"wrote {args.out}.flo and {args.out}.png: flow {w}x{h}, max |flow| {magnitude.max():.2f} px")
 
 
 if __name__ == "__main__":
