@@ -74,3 +74,19 @@ def random_inputs(batch: int, height: int, width: int, seed: int = 0, density: f
     mask = (rng.random((batch, height, width, 1)) < density).astype(np.float32).repeat(2, -1)
     sparse = (rng.uniform(-30, 30, (batch, height, width, 2)) * mask).astype(np.float32)
     return jnp.asarray(image), jnp.asarray(sparse), jnp.asarray(mask)
+
+
+def constant_flow_variables(model, size: int, kx: int, ky: int, seed: int = 0):
+    """Variables of ``model`` whose logits peak at bins (kx, ky) at every pixel, whatever the input.
+
+    The decoder head's kernel is zero and its bias 40 at x bin ``kx`` and y bin
+    ``ky`` (0 elsewhere), so the soft-argmax flow is the two bin centres
+    (to ~1e-15) everywhere.
+    """
+    variables = random_variables(model, *random_inputs(1, size, size), seed=seed)
+    head = variables["params"]["flow_decoder"]["head"]
+    head["kernel"] = np.zeros_like(head["kernel"])
+    bias = np.zeros_like(head["bias"])
+    bias[kx] = bias[model.num_bins + ky] = 40.0
+    head["bias"] = bias
+    return variables

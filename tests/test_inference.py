@@ -8,7 +8,7 @@ from cmp_jax import state
 from cmp_jax.flow import FlowBins, logits_to_flow
 from cmp_jax.inference import Predictor, arrows_to_guidance, guidance_to_arrows, normalize_images
 from cmp_jax.models import CMP
-from tests.helpers import random_inputs, random_variables
+from tests.helpers import constant_flow_variables, random_inputs, random_variables
 from tests.train_subprocess import tiny_config
 
 BINS = FlowBins(num_bins=9, fmax=10.0)
@@ -17,17 +17,6 @@ BINS = FlowBins(num_bins=9, fmax=10.0)
 def tiny_model(**kw) -> CMP:
     kw = {"backbone": "resnet18", "output_stride": 32, "img_enc_dim": 16, "decoder_combo": (1,), **kw}
     return CMP(num_bins=BINS.num_bins, **kw)
-
-
-def constant_flow_variables(model: CMP, size: int, kx: int, ky: int):
-    """Variables whose logits peak at bins (kx, ky) everywhere: the flow is the two bin centres."""
-    variables = random_variables(model, *random_inputs(1, size, size))
-    head = variables["params"]["flow_decoder"]["head"]
-    head["kernel"] = np.zeros_like(head["kernel"])
-    bias = np.zeros_like(head["bias"])
-    bias[kx] = bias[BINS.num_bins + ky] = 40.0
-    head["bias"] = bias
-    return variables
 
 
 @pytest.fixture(scope="module")
