@@ -1,0 +1,296 @@
+"""PyTorch files from cmp-jax workdirs and back: export formats, safe loading, import.
+
+Export formats (``export_workdir``):
+
+``original``
+  The whole model in the original repository's checkpoint layout,
+  ``{"step": N, "state_dict": OrderedDict}`` with keys ``module.image_encoder.*``,
+  ``module.flow_encoder.*``, ``module.flow_decoder.*`` (the ``module.`` of its
+  ``DistModule`` wrapper), BatchNorm ``running_mean``/``running_var`` and
+  ``num_batches_tracked`` (= N). Code written for the original loads it
+  strictly into its ``nn.DataParallel``-wrapped model, and so does
+  ``nn.DataParallel(cmp_jax.torch_models.CMP(...))``. There is no
+  ``optimizer`` entry: the original's ``--load-path`` (weights only) reads it,
+  its ``--resume`` does not.
+``encoder``
+  The image encoder for fine-tuning. ResNet: ``OUT`` holds the trunk with
+  torchvision's key names, which loads with ``strict=True`` into
+  ``torchvision.models.resnet<depth>()`` whose ``fc`` is ``nn.Identity()``;
+  the 2048 -> 256 ``conv5`` head goes to ``<OUT stem>_conv5<OUT suffix>``
+  (keys ``weight`` (256, 2048, 1, 1) and ``bias``, for ``nn.Conv2d(2048, 256, 1)``).
+  The dilation is not part of the weights: apply
+  ``cmp_jax.torch_models.apply_cmp_dilation(net, output_stride)`` for the
+  trunk the model was trained with. BN-AlexNet: ``OUT`` holds the state dict
+  of ``cmp_jax.torch_models.AlexNetBNFCN`` (conv8 included); no second file.
+
+All tensors are float32 (``num_batches_tracked`` int64) on the CPU, NCHW/OIHW.
+Files are read with ``torch.load(weights_only=True)``: a pickle that would run
+code is refused (``UnsafeCheckpointError``).
+"""
+
+from __future__ import annotations
+
+import collections
+import pathlib
+import pickle
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import torch
+
+from cmp_jax import checkpoint, state
+from cmp_jax.convert import torch_layout
+
+FORMATS = ("encoder", "original")
+MODULE_PREFIX = "module."
+
+
+class UnsafeCheckpointError(ValueError):
+    """A PyTorch file holds pickled objects other than tensors and plain containers."""
+
+
+def load_torch_file(path: str | pathlib.Path) -> Any:
+    """Reads a PyTorch file with ``torch.load(map_location="cpu", weights_only=True)``.
+
+    Args:
+      path: a ``.pth`` / ``.pth.tar`` file written by ``torch.save``.
+
+    Returns:
+      The unpickled object (dicts, lists, numbers, strings and tensors only).
+
+    Raises:
+      FileNotFoundError: no such file.
+      UnsafeCheckpointError: the pickle carries code (objects of other classes).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no PyTorch file {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it is not a plain weights file; its pickle holds Python "
+            "objects (code) that torch.load(weights_only=True) does not unpickle. Load it in "
+            "PyTorch only if you trust its source and save the state dict alone "
+            f"(torch.save(model.state_dict(), ...)). torch said: {first}"
+        ) from e
+
+
+def model_torch_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
+    """PyTorch key (no ``module.`` prefix) -> shape of the state dict of ``config``'s model.
+
+    Computed from the abstract variables of the model's init (no arrays are made).
+    """
+    model, _ = state.build_from_config(config)
+    model = model.clone(bn_axis_name=None)
+    h, w = state.crop_size(config)
+    image = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+    guide = jax.ShapeDtypeStruct((1, h, w, 2), jnp.float32)
+    abstract = jax.eval_shape(
+        lambda key, *inputs: model.init({"params": key, "dropout": key}, *inputs),
+        jax.random.key(0),
+        image,
+        guide,
+        guide,
+    )
+    return torch_layout.torch_shapes(
+        {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
+    )
+
+
+def _to_numpy(value: Any, key: str, what: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    raise ValueError(f"{what}: {key} is a {type(value).__name__}, not a tensor")
+
+
+def unwrap_checkpoint(obj: Any, what: str) -> tuple[dict[str, np.ndarray], int | None]:
+    """The state dict and step of a loaded original-layout checkpoint or bare state dict.
+
+    Args:
+      obj: ``{"step": N, "state_dict": {...}, ...}`` (other entries, such as
+        ``optimizer``, are ignored) or a bare ``{key: tensor}`` mapping; keys
+        may carry the ``module.`` prefix.
+      what: names the source in error messages (the file path).
+
+    Returns:
+      (state_dict, step): NumPy arrays keyed without ``module.``, and the
+      recorded step (``None`` for a bare state dict).
+
+    Raises:
+      ValueError: neither layout, or a value that is not a tensor.
+    """
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{what} holds a {type(obj).__name__}, not a checkpoint dict or a state dict")
+    step = None
+    if "state_dict" in obj:
+        step = obj.get("step")
+        step = None if step is None else int(step)
+        obj = obj["state_dict"]
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"{what}: 'state_dict' is a {type(obj).__name__}, not a dict")
+    sd = {}
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{what}: key {key!r} is not a string; expected a state dict")
+        sd[key.removeprefix(MODULE_PREFIX)] = _to_numpy(value, key, what)
+    return sd, step
+
+
+def variables_from_state_dict(
+    state_dict: Mapping[str, np.ndarray], config: ml_collections.ConfigDict, what: str
+) -> dict[str, Any]:
+    """Converts a whole-model PyTorch state dict to the Flax variables of ``config``'s model.
+
+    Args:
+      state_dict: keys as the original's without ``module.`` (``image_encoder.conv1.weight``);
+        ``num_batches_tracked`` optional.
+      config: the experiment config the weights belong to.
+      what: names the source in error messages.
+
+    Returns:
+      ``{"params": ..., "batch_stats": ...}`` of float32 NumPy arrays.
+
+    Raises:
+      checkpoint.CheckpointShapeError: listing every missing, unexpected or
+        mis-shaped key by its PyTorch name.
+    """
+    given = {k: tuple(np.shape(v)) for k, v in state_dict.items()}
+    problems = torch_layout.state_dict_problems(model_torch_shapes(config), given)
+    if problems:
+        m = config.model
+        shown = "\n  ".join(problems[:30])
+        more = f"\n  ... and {len(problems) - 30} more" if len(problems) > 30 else ""
+        raise checkpoint.CheckpointShapeError(
+            f"{what} does not fit the config's model ({m.backbone} + {m.decoder} decoder, "
+            f"{config.flow.num_bins} bins; {len(problems)} keys):\n  {shown}{more}"
+        )
+    return torch_layout.torch_to_flax_variables(state_dict)
+
+
+def import_checkpoint(
+    path: str | pathlib.Path,
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    step: int | None = None,
+) -> tuple[pathlib.Path, int]:
+    """Writes an original-layout PyTorch checkpoint as a cmp-jax workdir.
+
+    Args:
+      path: ``{"step", "state_dict"}`` file (e.g. the released
+        ``ckpt_iter_42000.pth.tar``) or a bare whole-model state dict.
+      config: the experiment config of the model (e.g. ``configs/semiauto_resnet.py``).
+      workdir: new workdir (``config.json`` and ``checkpoints/<step>``); one
+        that already holds checkpoints is refused.
+      step: the step to record; ``None`` for the file's ``step`` (0 for a bare
+        state dict).
+
+    Returns:
+      (checkpoint directory, step).
+
+    Raises:
+      UnsafeCheckpointError, FileNotFoundError, ValueError: see ``load_torch_file``
+        and ``unwrap_checkpoint``; ``FileExistsError`` for a workdir with checkpoints.
+      checkpoint.CheckpointShapeError: the weights do not fit the config's model.
+    """
+    ckpt_dir = pathlib.Path(workdir) / "checkpoints"
+    if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+        raise FileExistsError(f"{ckpt_dir} already holds checkpoints; import into a new workdir")
+    sd, file_step = unwrap_checkpoint(load_torch_file(path), str(path))
+    variables = variables_from_state_dict(sd, config, str(path))
+    step = step if step is not None else (file_step if file_step is not None else 0)
+    return state.save_variables(workdir, config, variables, step), step
+
+
+def _tensors(sd: Mapping[str, np.ndarray], prefix: str = "") -> collections.OrderedDict:
+    return collections.OrderedDict((prefix + k, torch.from_numpy(np.array(v))) for k, v in sd.items())
+
+
+def original_checkpoint(variables: Mapping[str, Any], step: int) -> dict[str, Any]:
+    """The whole model in the original's checkpoint layout.
+
+    Args:
+      variables: ``{"params": ..., "batch_stats": ...}`` of a cmp-jax ``CMP``.
+      step: written as ``step`` and as every ``num_batches_tracked``.
+
+    Returns:
+      ``{"step": step, "state_dict": OrderedDict("module.<key>" -> tensor)}``.
+    """
+    sd = torch_layout.flax_to_torch_state_dict(variables, num_batches_tracked=step)
+    return {"step": int(step), "state_dict": _tensors(sd, MODULE_PREFIX)}
+
+
+def _sub_variables(variables: Mapping[str, Any], name: str) -> dict[str, Any]:
+    return {"params": variables["params"][name], "batch_stats": variables["batch_stats"].get(name, {})}
+
+
+def encoder_state_dicts(
+    config: ml_collections.ConfigDict, variables: Mapping[str, Any], step: int
+) -> tuple[collections.OrderedDict, collections.OrderedDict | None]:
+    """The image encoder as PyTorch state dicts for fine-tuning.
+
+    Args:
+      config: the experiment config (``model.backbone`` decides the layout).
+      variables: ``{"params": ..., "batch_stats": ...}`` of the whole ``CMP``.
+      step: written into every ``num_batches_tracked``.
+
+    Returns:
+      (encoder, head). ResNet: the torchvision trunk (no ``fc``, no ``conv5``)
+      and the ``conv5`` head as ``{"weight", "bias"}`` of an ``nn.Conv2d``.
+      AlexNet: the ``torch_models.AlexNetBNFCN`` state dict and ``None``.
+    """
+    sd = torch_layout.flax_to_torch_state_dict(
+        _sub_variables(variables, "image_encoder"), num_batches_tracked=step
+    )
+    if config.model.backbone == "alexnet":
+        return _tensors(sd), None
+    head = {k.removeprefix("conv5."): v for k, v in sd.items() if k.startswith("conv5.")}
+    trunk = {k: v for k, v in sd.items() if not k.startswith("conv5.")}
+    return _tensors(trunk), _tensors(head)
+
+
+def head_path(out: str | pathlib.Path) -> pathlib.Path:
+    """Where the ResNet ``conv5`` head of an ``encoder`` export to ``out`` goes.
+
+    ``enc.pth`` -> ``enc_conv5.pth``; ``enc.pth.tar`` -> ``enc_conv5.pth.tar``.
+    """
+    out = pathlib.Path(out)
+    stem, dot, suffixes = out.name.partition(".")
+    return out.with_name(f"{stem}_conv5{dot}{suffixes}")
+
+
+def export_workdir(
+    workdir: str | pathlib.Path, out: str | pathlib.Path, fmt: str, step: int | None = None
+) -> list[pathlib.Path]:
+    """Exports a workdir's checkpoint to PyTorch files (see the module docstring).
+
+    Args:
+      workdir: a cmp-jax training workdir.
+      out: output file.
+      fmt: ``"encoder"`` or ``"original"``.
+      step: the checkpoint; ``None`` for the newest.
+
+    Returns:
+      The files written: ``[out]``, plus the ``conv5`` head file for a ResNet ``encoder`` export.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    config, variables, step = state.load_variables(workdir, step)
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "original":
+        torch.save(original_checkpoint(variables, step), out)
+        return [out]
+    encoder, head = encoder_state_dicts(config, variables, step)
+    torch.save(encoder, out)
+    if head is None:
+        return [out]
+    torch.save(head, head_path(out))
+    return [out, head_path(out)]

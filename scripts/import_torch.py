@@ -1,0 +1,53 @@
+"""Imports an original-layout PyTorch checkpoint into a new cmp-jax workdir.
+
+Usage::
+
+    python scripts/import_torch.py --checkpoint FILE --config CONFIG --workdir DIR [--step N]
+
+``FILE`` is a checkpoint of the original repository (``{"step": N,
+"state_dict": {"module.image_encoder.*", ...}}``, e.g. the released demo model
+``ckpt_iter_42000.pth.tar``, whose missing ``num_batches_tracked`` are fine)
+or a bare whole-model state dict, read with ``torch.load(weights_only=True)``
+(a pickle that carries code is refused). ``CONFIG`` is the experiment config
+file of its architecture (``configs/semiauto_resnet.py`` for the demo model),
+with ``--config.field=value`` overrides as ``main.py`` takes them. ``--step``
+is the step recorded (default: the file's own ``step``, 0 for a bare state
+dict). Missing, unexpected or mis-shaped keys are listed by name. The
+checkpoint directory written is printed; ``main.py`` resumes training from it.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+# Experiment config files import ``configs``, which is not an installed package.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from cmp_jax.convert import torch_io  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "PyTorch checkpoint (.pth / .pth.tar) in the original layout.")
+config_flags.DEFINE_config_file("config", None, "Experiment config file of the checkpoint's model.")
+flags.DEFINE_string("workdir", None, "New cmp-jax workdir to write.")
+flags.DEFINE_integer("step", None, "Step to record (default: the checkpoint's own step).")
+flags.mark_flags_as_required(["checkpoint", "config", "workdir"])
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        path, step = torch_io.import_checkpoint(FLAGS.checkpoint, FLAGS.config, FLAGS.workdir, FLAGS.step)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"import_torch.py: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote step {step} to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
