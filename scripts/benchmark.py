@@ -6,6 +6,7 @@ Usage::
     python scripts/benchmark.py pipeline [--seconds S]
     python scripts/benchmark.py train_step [--backbone B] [--decoder D] [--batch N] [--size S]
         [--repeats R] [--threads T] [--variants xla-f32,taps-f32,xla-bf16,taps-bf16]
+    python scripts/benchmark.py inference [--backbone B] [--decoder D] [--size S] [--sets G] [--repeats R]
 
 Subcommands:
 
@@ -34,6 +35,13 @@ Subcommands:
   math; a taps program also counts the additions of its partial sums).
   Prints a markdown table; the last line is ``jax_over_torch <X>``, the
   img/s ratio of the first variant (default: the base config's).
+* ``inference``: one image and ``--sets`` guidance sets (a MOFA-Video clip:
+  24 frames' trajectories, the demo model ResNet-50 + skip decoder at 384 x
+  384, random He-initialised weights), as ``Predictor.encode`` once + ``propagate`` of all
+  sets, against the full model run on the image repeated once per set (what
+  MOFA-Video does). Both jitted and warmed up, host preparation included on
+  both sides, timed in alternating rounds; medians. Also prints the largest
+  difference between the two flows. Last line ``speedup <X>x``.
 
 Each subcommand is a ``(help, add_arguments, run)`` entry of ``COMMANDS``.
 BLAS/OpenMP pools are limited to one thread before NumPy is imported, so
@@ -395,6 +403,76 @@ def run_train_step(args: argparse.Namespace) -> None:
     print(f"jax_over_torch {seconds['torch'] / seconds[variants[0]]:.2f}")
 
 
+def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="resnet50", help="alexnet, resnet18/34/50/101")
+    parser.add_argument("--decoder", default="skip", help="plain or skip (the demo model: skip)")
+    parser.add_argument("--size", type=int, default=384, help="square image side in pixels")
+    parser.add_argument("--sets", type=int, default=24, help="guidance sets (frames of a clip)")
+    parser.add_argument("--points", type=int, default=4, help="trajectories per clip")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per method")
+    parser.add_argument("--conv-impl", default="xla", help="model.conv_impl: xla or taps")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_inference(args: argparse.Namespace) -> None:
+    """Encode once + propagate G sets vs G full forwards of the same image; seconds per clip."""
+    import jax
+    import jax.numpy as jnp
+
+    from cmp_jax.flow import FlowBins, logits_to_flow
+    from cmp_jax.inference import Predictor, arrows_to_guidance, normalize_images
+    from cmp_jax.models import CMP
+
+    rng = np.random.default_rng(args.seed)
+    size, sets = args.size, args.sets
+    # He init: the original's tiny init would give (near) zero flow, and a vacuous comparison.
+    model = CMP(backbone=args.backbone, decoder=args.decoder, conv_impl=args.conv_impl, init_scheme="he")
+    small = jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 64, 64, 2)), jnp.zeros((1, 64, 64, 2))
+    variables = jax.jit(model.init)(jax.random.key(args.seed), *small)  # parameters do not depend on size
+    bins = FlowBins()
+    predictor = Predictor(model, variables, bins)
+    image = rng.integers(0, 256, (size, size, 3)).astype(np.uint8)
+    # Trajectories from random starts to random ends, frame t moved t / G of the way.
+    starts = rng.uniform(0, size - 1, (args.points, 2))
+    moves = rng.uniform(-30, 30, (args.points, 2))
+    clip = [
+        [(x, y, *(m * (t + 1) / sets)) for (x, y), m in zip(starts, moves, strict=True)] for t in range(sets)
+    ]
+
+    full = jax.jit(lambda v, img, sp, m: logits_to_flow(model.apply(v, img, sp, m), bins, img.shape[1:3]))
+
+    def full_forwards() -> np.ndarray:
+        guidance = [arrows_to_guidance(a, size, size) for a in clip]
+        images = np.repeat(normalize_images(image), sets, axis=0)
+        sparse = np.stack([g[0] for g in guidance])
+        mask = np.stack([g[1] for g in guidance])
+        return np.asarray(full(variables, images, sparse, mask))
+
+    def encode_once() -> np.ndarray:
+        return predictor.propagate(predictor.encode(image), clip)
+
+    methods = {f"{sets} full forwards": full_forwards, "encode once + propagate": encode_once}
+    outputs = {name: fn() for name, fn in methods.items()}  # compiles
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for r in range(args.repeats):
+        for name in list(methods)[r % 2 :] + list(methods)[: r % 2]:
+            start = time.perf_counter()
+            methods[name]()
+            times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    a, b = outputs.values()
+    print(
+        f"{args.backbone} + {args.decoder} decoder, {size}x{size}, {sets} guidance sets, {jax.devices()[0]}"
+    )
+    print(f"max |flow| {np.abs(a).max():.2f} px, max |difference| {np.abs(a - b).max():.2e} px")
+    print("| method | s per clip | ms per frame |")
+    print("| --- | --- | --- |")
+    for name, t in medians.items():
+        print(f"| {name} | {t:.2f} | {1000 * t / sets:.0f} |")
+    baseline, ours = medians.values()
+    print(f"speedup {baseline / ours:.2f}x")
+
+
 COMMANDS = {
     "sampler": ("guidance sampler vs the SciPy oracle", _add_sampler_arguments, run_sampler),
     "pipeline": ("list-file tf.data pipeline on 1 and 2 cores", _add_pipeline_arguments, run_pipeline),
@@ -404,6 +482,7 @@ COMMANDS = {
         run_pipeline_worker,
     ),
     "train_step": ("jitted JAX train step vs the PyTorch twin", _add_train_step_arguments, run_train_step),
+    "inference": ("encode once + propagate many vs full forwards", _add_inference_arguments, run_inference),
 }
 
 
