@@ -174,7 +174,7 @@ def test_import_without_num_batches_tracked(tiny, tmp_path):
     )
     ckpt["optimizer"] = {"state": {}, "param_groups": [{"lr": 0.001, "momentum": 0.9, "params": [0, 1]}]}
     path = tmp_path / "ckpt_iter_42.pth.tar"
-    torch.save(ckpt, path)
+    torch.save(ckpt, path, _use_new_zipfile_serialization=False)  # as PyTorch 0.4 wrote it
     workdir = tmp_path / "imported"
     ckpt_dir, step = torch_io.import_checkpoint(path, config, workdir)
     assert step == 42 and ckpt_dir == (workdir / "checkpoints" / "42").absolute()
@@ -218,6 +218,17 @@ def test_layout_rejects_keys_without_flax_counterpart():
         torch_layout.torch_to_flax_variables({"fc.weight": np.zeros((10, 4), np.float32)})
 
 
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path):
+    for i, text in enumerate(["not a checkpoint", "hello"]):  # fail in the unpickler, or before it
+        path = tmp_path / f"notes{i}.pth"
+        path.write_text(text)
+        with pytest.raises(ValueError, match=rf"notes{i}\.pth is not a PyTorch") as info:
+            torch_io.load_torch_file(path)
+        assert not isinstance(info.value, torch_io.UnsafeCheckpointError)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        torch_io.load_torch_file(tmp_path / "missing.pth")
+
+
 def _touch(path: str) -> None:
     pathlib.Path(path).touch()
 
@@ -239,7 +250,10 @@ def test_pickle_with_code_is_refused(tiny, tmp_path):
     ckpt["extra"] = _RunsCode(marker)
     path = tmp_path / "evil.pth.tar"
     torch.save(ckpt, path)
-    with pytest.raises(torch_io.UnsafeCheckpointError, match=r"refusing to load .*evil\.pth\.tar"):
+    with pytest.raises(
+        torch_io.UnsafeCheckpointError,
+        match=r"refusing to load .*evil\.pth\.tar.*tests\.test_convert\._touch",
+    ):
         torch_io.import_checkpoint(path, config, tmp_path / "w")
     assert not marker.exists() and not (tmp_path / "w").exists()
     torch.load(path, weights_only=False)  # the file does run code when loaded unsafely

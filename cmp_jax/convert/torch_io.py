@@ -20,7 +20,9 @@ Export formats (``export_workdir``):
   (keys ``weight`` (256, 2048, 1, 1) and ``bias``, for ``nn.Conv2d(2048, 256, 1)``).
   The dilation is not part of the weights: apply
   ``cmp_jax.torch_models.apply_cmp_dilation(net, output_stride)`` for the
-  trunk the model was trained with. BN-AlexNet: ``OUT`` holds the state dict
+  trunk the model was trained with (``model.dilation_style = "torchvision"``
+  at output stride 8: build ``resnet50(replace_stride_with_dilation=[False,
+  True, True])`` instead). BN-AlexNet: ``OUT`` holds the state dict
   of ``cmp_jax.torch_models.AlexNetBNFCN`` (conv8 included); no second file.
 
 All tensors are float32 (``num_batches_tracked`` int64) on the CPU, NCHW/OIHW.
@@ -33,6 +35,7 @@ from __future__ import annotations
 import collections
 import pathlib
 import pickle
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,6 +68,7 @@ def load_torch_file(path: str | pathlib.Path) -> Any:
     Raises:
       FileNotFoundError: no such file.
       UnsafeCheckpointError: the pickle carries code (objects of other classes).
+      ValueError: not a file ``torch.load`` reads.
     """
     path = pathlib.Path(path)
     if not path.is_file():
@@ -72,13 +76,21 @@ def load_torch_file(path: str | pathlib.Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise UnsafeCheckpointError(
-            f"refusing to load {path}: it is not a plain weights file; its pickle holds Python "
-            "objects (code) that torch.load(weights_only=True) does not unpickle. Load it in "
-            "PyTorch only if you trust its source and save the state dict alone "
-            f"(torch.save(model.state_dict(), ...)). torch said: {first}"
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise UnsafeCheckpointError(
+                f"refusing to load {path}: it is not a plain weights file; its pickle holds a "
+                f"reference to {found.group(1)}, code that torch.load(weights_only=True) does not "
+                "run. Load it in PyTorch only if you trust its source, and save the state dict "
+                "alone (torch.save(model.state_dict(), ...))."
+            ) from e
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+        raise ValueError(
+            f"{path} is not a PyTorch weights file that torch.load(weights_only=True) can read "
+            f"({detail.group(1) if detail else e})"
         ) from e
+    except (EOFError, KeyError, RuntimeError) as e:
+        raise ValueError(f"{path} is not a PyTorch file torch.load can read ({type(e).__name__}: {e})") from e
 
 
 def model_torch_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
