@@ -315,7 +315,23 @@ def test_scripts_end_to_end(tiny, tmp_path):
     kernel = variables["params"]["image_encoder"]["conv5"]["kernel"]
     np.testing.assert_array_equal(head["weight"].numpy(), kernel.transpose(3, 2, 0, 1))
 
+    # A config override (as main.py takes them) that no longer fits: the keys are named.
     done = _run(
-        "export_torch.py", "--workdir", str(tmp_path / "nowhere"), "--format", "original", "--out", "x"
+        "import_torch.py",
+        f"--checkpoint={out}",
+        f"--config={config_file}",
+        "--config.flow.num_bins=5",
+        f"--workdir={tmp_path / 'mismatch'}",
     )
-    assert done.returncode == 1 and "config.json not found" in done.stderr
+    assert done.returncode == 1
+    assert (
+        "flow_decoder.head.weight: has shape (18, 128, 1, 1), the model needs (10, 128, 1, 1)" in done.stderr
+    )
+    assert not (tmp_path / "mismatch").exists()
+
+
+def test_export_of_a_missing_workdir_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        torch_io.export_workdir(tmp_path / "nowhere", tmp_path / "x.pth", "original")
+    with pytest.raises(ValueError, match="unknown format 'onnx'"):
+        torch_io.export_workdir(tmp_path / "nowhere", tmp_path / "x.pth", "onnx")
