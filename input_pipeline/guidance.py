@@ -64,24 +64,34 @@ Further shortcuts, each exact:
 
 * For K >= 3 no candidate lies outside the bounding box of the edge pixels: if
   every edge pixel is at or below row y, the pixel above a pixel of row y is
-  farther from each of them, and it lies in the window. The distance transform
-  is computed only on that box widened by K // 2 (clipped to the image), which
-  holds every edge pixel and every window of a pixel in the box.
-* A candidate is also the maximum of its 3 x 3 neighbourhood (one vectorised
-  pass), so only those few hundred pixels are compared with their K x K window,
-  rows nearest the pixel first.
+  farther from each of them, and it lies in the window. The sampler works only
+  on that box widened by K // 2 (clipped to the image), which holds every edge
+  pixel and every window of a pixel in the box.
+* The sampler's non-maximum suppression (``_pruned_nms``, K >= 3) computes the
+  exact transform only on every 8th row of the box (``_STEP``; fewer for small
+  K). Those rows give every pixel an upper bound of its squared distance (to the
+  nearest edge pixels found for the sampled rows above and below, and to the
+  nearest edge pixel of its own column) and every window a lower bound of its
+  maximum (the sampled values in it). Only the few hundred pixels whose upper
+  bound reaches the lower bound of their window get exact distances, and are
+  compared with their window, where a pixel needs its exact distance only if
+  its upper bound exceeds the candidate's value. The public
+  ``nms_candidates`` (any float map) compares each maximum of its 3 x 3
+  neighbourhood with its K x K window instead.
 * In the thinning, the reference also visits the pairs (i, j) with i > j, but by
   then one of the two is always dropped: j was visited first and either was
   dropped or dropped all its close points still kept.
 
-Speed: at 384 x 384, K = 81 one sample takes about 3-4.5 ms on one core of the
-(shared, noisy) development machine, the SciPy reference 35-60 ms: edges about
-0.7 ms, the exact squared distance transform on the widened edge box and the
-non-maximum suppression together 1.2-2.1 ms (depending on the box; about
-1.3 ms and 0.45 ms on the whole image), the thinning 0.3-0.5 ms. The first call
-in a fresh environment compiles the kernels (7-10 s, 1-2 s more for the
-float64 ``nms_candidates``); later processes load them from the cache in about
-0.4 s.
+Work arrays of the edge and watershed stages are kept per thread and reused
+(``_workspace``): no allocation, zeroing or page faults per call.
+
+Speed: at 384 x 384, K = 81 one sample takes about 1 ms on one core of the
+(shared, noisy) development machine when warm: edges 0.2-0.4 ms, the pruned
+non-maximum suppression 0.45-0.6 ms (the full exact transform alone took
+0.9 ms), thinning 0.05 ms, the zeroed (H, W, 2) outputs 0.03 ms warm, up to
+0.9 ms when the allocator hands out fresh pages (500 page faults). The first
+call in a fresh environment compiles the kernels (10-15 s); later processes
+load them from the cache in about 0.5 s.
 """
 
 from __future__ import annotations
@@ -89,6 +99,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import threading
 
 import numba
 import numpy as np
@@ -162,7 +173,9 @@ def _xy(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 # The numba kernels below are compiled on first use (cached in __pycache__). They
 # allocate all their buffers per call, so concurrent calls from several threads
 # (nogil) share no mutable state.
-_NO_EDGE = 1 << 40  # column distance of a column without any edge pixel
+_NO_EDGE = 1 << 24  # column distance of a column without any edge pixel (squares fit int64)
+_WORKSPACES = threading.local()  # per-thread work arrays, see _workspace
+_STEP = 8  # rows between the rows of exact distances in the watershed's pruned NMS
 
 
 @numba.njit(cache=True, nogil=True)
@@ -178,7 +191,7 @@ def _load_row(flow, y, rows, slot):
 
 
 @numba.njit(cache=True, nogil=True)
-def _edge_strength(flow, literal):
+def _edge_strength(flow, literal, strength=None):
     """Float64 edge strength, (H, W): per-channel Sobel magnitudes of (H, W, 2) flow, summed.
 
     Sums the terms in the order of SciPy's ``convolve2d`` (kernel rows, then
@@ -186,10 +199,12 @@ def _edge_strength(flow, literal):
     row H - 1). ``literal`` also adds the kernel's zero terms (``x * 0.0``), which
     only matter for non-finite flow (``inf * 0`` is NaN); otherwise they add a
     zero and change at most the sign of a zero sum, which the squares erase.
+    Written into ``strength`` when given (work space), which is returned.
     """
     h, w = flow.shape[0], flow.shape[1]
+    if strength is None:
+        strength = np.empty((h, w), np.float64)
     rows = np.empty((2, 3, w + 2), np.float64)  # ring of 3 padded rows per channel
-    strength = np.empty((h, w), np.float64)
     _load_row(flow, 0, rows, 0)
     for y in range(h):
         if y + 1 < h:
@@ -265,27 +280,78 @@ def _least_above(peak):
 
 
 @numba.njit(cache=True, nogil=True)
-def _motion_edges(flow):
-    """(H, W) bool edge map of (H, W, 2) float32 flow; see ``motion_edges``."""
-    strength = _edge_strength(flow, False)
+def _motion_edges(flow, strength, edges):
+    """Edge map of (H, W, 2) float32 flow into ``edges`` (H, W) bool; see ``motion_edges``.
+
+    ``strength`` is (H, W) float64 work space.
+    """
+    _edge_strength(flow, False, strength)
     peak = _peak(strength)
     if not np.abs(peak) < np.inf:  # a non-finite flow value: add the zero terms too
-        strength = _edge_strength(flow, True)
+        _edge_strength(flow, True, strength)
         peak = _peak(strength)
     if 0.01 > peak:  # Python's max(peak, 0.01), NaN kept
         peak = 0.01
     h, w = strength.shape
-    edges = np.empty((h, w), np.bool_)
     if not np.abs(peak) < np.inf:
         for y in range(h):
             for x in range(w):
                 edges[y, x] = strength[y, x] / peak > 0.1
-        return edges
+        return
     low = _least_above(peak)
     for y in range(h):
         for x in range(w):
             edges[y, x] = strength[y, x] >= low
-    return edges
+
+
+@numba.njit(cache=True, nogil=True)
+def _envelope_scratch(n):
+    """(4, n) int64 work space of ``_lower_envelope`` for rows of n pixels."""
+    return np.empty((4, n), np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _lower_envelope(column, out, nearest, scratch):
+    """Exact squared distances along one row from the column distances of its pixels.
+
+    The lower envelope of the parabolas ``(x - q)**2 + column[q]**2``
+    (Felzenszwalb and Huttenlocher) in int64: the intersections of parabolas are
+    compared as fractions by cross-multiplication, so no rounding is involved.
+
+    Args:
+      column: (N,) int64 distance in pixels from each pixel of the row to the
+        nearest edge pixel of its column; ``>= _NO_EDGE // 2`` for a column
+        without any (at least one column must have one).
+      out: (N,) int64, receives the squared distances in pixels**2.
+      nearest: (N,) int64, receives the column of a nearest edge pixel.
+      scratch: (4, N) int64 work space from ``_envelope_scratch``.
+    """
+    n = len(column)
+    v, f, zn, zd = scratch[0], scratch[1], scratch[2], scratch[3]
+    # v: columns of the envelope's parabolas; f: their g**2 + q**2; parabola i is
+    # lowest from zn[i] / zd[i] on (zd > 0).
+    k = -1
+    for q in range(n):
+        if column[q] >= _NO_EDGE // 2:
+            continue
+        fq = column[q] * column[q] + q * q
+        num, den = 0, 1
+        while k >= 0:
+            num, den = fq - f[k], 2 * (q - v[k])  # intersection with parabola k at num / den
+            if k > 0 and num * zd[k] <= zn[k] * den:
+                k -= 1
+            else:
+                break
+        k += 1
+        v[k], f[k], zn[k], zd[k] = q, fq, num, den
+    begin = 0
+    for j in range(k + 1):  # parabola j is lowest for the integers x > zn[j] / zd[j]
+        end = n if j == k else min(n, max(0, zn[j + 1] // zd[j + 1] + 1))
+        height, centre = f[j] - v[j] * v[j], v[j]
+        for x in range(begin, end):
+            out[x] = height + (x - centre) * (x - centre)
+            nearest[x] = centre
+        begin = max(begin, end)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -327,34 +393,10 @@ def _squared_distance(edges, top, bottom, left, right):
             for x in range(bw):
                 out[y, x] = (top + y + 1) ** 2 + (left + x) ** 2
         return out
-    v = np.empty(bw, np.int64)  # columns of the envelope's parabolas
-    f = np.empty(bw, np.int64)  # their g**2 + q**2
-    zn = np.empty(bw, np.int64)  # parabola i is lowest from zn[i] / zd[i] on (zd > 0)
-    zd = np.empty(bw, np.int64)
+    scratch = _envelope_scratch(bw)
+    nearest = np.empty(bw, np.int64)
     for y in range(bh):
-        column = g[y]
-        k = -1
-        for q in range(bw):
-            if column[q] >= _NO_EDGE // 2:
-                continue
-            fq = column[q] * column[q] + q * q
-            num, den = 0, 1
-            while k >= 0:
-                num, den = fq - f[k], 2 * (q - v[k])  # intersection with parabola k at num / den
-                if k > 0 and num * zd[k] <= zn[k] * den:
-                    k -= 1
-                else:
-                    break
-            k += 1
-            v[k], f[k], zn[k], zd[k] = q, fq, num, den
-        row = out[y]
-        begin = 0
-        for j in range(k + 1):  # parabola j is lowest for the integers x > zn[j] / zd[j]
-            end = bw if j == k else min(bw, max(0, zn[j + 1] // zd[j + 1] + 1))
-            height, centre = f[j] - v[j] * v[j], v[j]
-            for x in range(begin, end):
-                row[x] = height + (x - centre) * (x - centre)
-            begin = max(begin, end)
+        _lower_envelope(g[y], out[y], nearest, scratch)
     return out
 
 
@@ -460,7 +502,271 @@ def _nms(values, k, top, bottom, left, right):
 
 
 @numba.njit(cache=True, nogil=True)
-def _watershed_candidates(edges, k):
+def _nearest_edge_rows(edges, top, bottom, left, right, nearest):
+    """Row of the nearest edge pixel in the same column, on a box of the edge map.
+
+    Args:
+      edges: (H, W) bool edge map, indexed [y, x].
+      top: first row of the box.
+      bottom: end row (exclusive).
+      left: first column.
+      right: end column (exclusive).
+      nearest: (bottom - top, right - left) int32, receives the rows in box
+        coordinates; ``-_NO_EDGE`` or ``_NO_EDGE`` in a column of the box without
+        any edge pixel.
+    """
+    bh, bw = bottom - top, right - left
+    last = np.full(bw, -_NO_EDGE, np.int32)  # nearest edge row above (or on) the current row
+    for y in range(bh):
+        flags, row = edges[top + y, left:right], nearest[y]
+        for x in range(bw):
+            last[x] = y if flags[x] else last[x]
+            row[x] = last[x]
+    last[:] = _NO_EDGE  # now the nearest edge row below (or on)
+    for y in range(bh - 1, -1, -1):
+        flags, row = edges[top + y, left:right], nearest[y]
+        for x in range(bw):
+            last[x] = y if flags[x] else last[x]
+            row[x] = last[x] if last[x] - y < y - row[x] else row[x]
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_max(values, half, out):
+    """Maximum over the window ``[x - half, x + half]`` (clipped) of every element, O(1) each.
+
+    Van Herk / Gil and Werman on the sequence padded with ``half`` elements of -1
+    each side (``values`` must be >= 0): blocks of ``2 * half + 1`` padded elements,
+    running maxima forwards and backwards within each block; a window spans at
+    most two blocks.
+
+    Args:
+      values: (N,) integer values >= 0.
+      half: window radius in elements.
+      out: (N,) integer array, receives the window maxima.
+    """
+    n, m = len(values), 2 * half + 1
+    size = n + 2 * half
+    padded = np.full(size, -1, values.dtype)
+    padded[half : half + n] = values
+    forward = np.empty(size, values.dtype)
+    backward = np.empty(size, values.dtype)
+    for begin in range(0, size, m):
+        end = min(begin + m, size)
+        run = padded[begin]
+        for i in range(begin, end):
+            run = max(run, padded[i])
+            forward[i] = run
+        run = padded[end - 1]
+        for i in range(end - 1, begin - 1, -1):
+            run = max(run, padded[i])
+            backward[i] = run
+    for x in range(n):  # padded window [x, x + m - 1]
+        out[x] = max(backward[x], forward[x + m - 1])
+
+
+@numba.njit(cache=True, nogil=True)
+def _exact_squared(nearest, bound, y, x):
+    """Exact squared distance of box pixel (y, x), given an upper bound on it.
+
+    The minimum of ``(x - q)**2 + (y - nearest[y, q])**2`` over the columns q of the
+    row; columns with ``(x - q)**2 >= bound`` cannot lower it, so only
+    ``|x - q| < sqrt(bound)`` are visited, nearest first.
+
+    Args:
+      nearest: (BH, BW) int64 nearest edge rows from ``_nearest_edge_rows``.
+      bound: an upper bound of the squared distance in pixels**2.
+      y: row in the box.
+      x: column in the box.
+
+    Returns:
+      The squared distance in pixels**2 (int64).
+    """
+    row = nearest[y]
+    n = len(row)
+    best = min(bound, (y - row[x]) * (y - row[x]))
+    r = 1
+    while r * r < best:
+        if x - r >= 0:
+            best = min(best, r * r + (y - row[x - r]) * (y - row[x - r]))
+        if x + r < n:
+            best = min(best, r * r + (y - row[x + r]) * (y - row[x + r]))
+        if x - r < 0 and x + r >= n:
+            break
+        r += 1
+    return best
+
+
+@numba.njit(cache=True, nogil=True)
+def _upper_bound(nearest, edge_row, edge_dx2, i, y, x):
+    """Upper bound of the squared distance of box pixel (y, x) in row block i (not its sampled row).
+
+    The squared distances to the nearest edge pixels of the sampled rows above
+    (``i``) and below (``i + 1``) in the same column, and to the nearest edge pixel
+    of its own column.
+    """
+    up, down, own = y - edge_row[i, x], y - edge_row[i + 1, x], y - nearest[y, x]
+    return min(min(up * up + edge_dx2[i, x], down * down + edge_dx2[i + 1, x]), own * own)
+
+
+@numba.njit(cache=True, nogil=True)
+def _pruned_nms(edges, k, top, bottom, left, right, r0, r1, c0, c1, step, work32, work8):
+    """``_nms`` of the squared distance transform on a box, computing few distances exactly.
+
+    Exact squared distances (``_lower_envelope``) only on every ``step``-th row of
+    the box and its last row, the sampled rows; they also give each of their
+    pixels a nearest edge pixel. Row block i is sampled row i and the rows up to
+    the next one. Any other pixel p has an upper bound U(p) of its squared
+    distance (``_upper_bound``), and per block and column the largest U is
+    bounded from the two ends of the block (a squared distance to a fixed pixel
+    is convex along a column). A lower bound L(p) of the maximum over p's K x K
+    window is the largest sampled value in the windows of all rows of p's block.
+    p can only be a candidate if U(p) >= L(p) (a few hundred pixels at
+    384 x 384, K = 81, found block by block and column by column); those get
+    exact values (``_exact_squared``, starting from U(p)) and are compared with
+    their window, where a pixel q needs its exact value only when U(q) exceeds
+    p's value (skipping whole blocks and columns by their largest U first).
+    Every decision is the one of the full transform.
+
+    Args:
+      edges: (H, W) bool edge map with at least one edge pixel inside the box.
+      k: odd window size in pixels, >= 3.
+      top: first row of the box; the box must hold every edge pixel and every
+        image-clipped window of the region searched, and have sides < 2**15.
+      bottom: end row (exclusive).
+      left: first column.
+      right: end column (exclusive).
+      r0: first row of the region searched, in box coordinates.
+      r1: end row (exclusive).
+      c0: first column.
+      c1: end column (exclusive).
+      step: rows between sampled rows, >= 1.
+      work32: (>= 2 * BH * BW,) int32 work space (BH, BW: the box's sides).
+      work8: (>= BH * BW,) bool work space.
+
+    Returns:
+      rows, cols: (P,) int64 box indices of the candidates, row-major.
+    """
+    bh, bw = bottom - top, right - left
+    half = k // 2
+    if r1 <= r0 or c1 <= c0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    nearest = work32[: bh * bw].reshape((bh, bw))
+    _nearest_edge_rows(edges, top, bottom, left, right, nearest)
+    sampled = np.arange(0, bh, step)
+    if sampled[-1] != bh - 1:
+        sampled = np.append(sampled, bh - 1)
+    ns = len(sampled)
+    # Squared distances are below bh**2 + bw**2 < 2**31; products are taken in int64.
+    value = work32[bh * bw : 2 * bh * bw].reshape((bh, bw))  # exact squared distances where known
+    known = work8[: bh * bw].reshape((bh, bw))
+    known[:] = False
+    edge_row = np.empty((ns, bw), np.int32)  # a nearest edge pixel of each sampled pixel:
+    edge_dx2 = np.empty((ns, bw), np.int32)  # its row and squared column offset
+    window = np.empty((ns, bw), np.int32)  # sampled values: maxima over the window's columns
+    scratch = _envelope_scratch(bw)
+    column = np.empty(bw, np.int64)
+    centre = np.empty(bw, np.int64)
+    for i in range(ns):
+        y = sampled[i]
+        near = nearest[y]
+        for x in range(bw):
+            column[x] = abs(y - near[x])
+        _lower_envelope(column, value[y], centre, scratch)
+        known[y] = True
+        for x in range(bw):
+            edge_row[i, x] = near[centre[x]]
+            edge_dx2[i, x] = (x - centre[x]) * (x - centre[x])
+        _window_max(value[y], half, window[i])
+    # Row block i: rows sampled[i] .. sampled[i + 1] - 1 (the last: row bh - 1).
+    peak = np.empty((ns, bw), np.int32)  # per block and column, an upper bound of all values
+    peak_window = np.empty((ns, bw), np.int32)  # its maxima over the window's columns
+    lower = np.full((ns, bw), -1, np.int32)  # per block and column, the lower bound L
+    found = [0][:0]  # box pixels y * bw + x with U >= L
+    for i in range(ns):
+        first = sampled[i]
+        last = sampled[i + 1] - 1 if i + 1 < ns else bh - 1
+        block_lower, block_peak = lower[i], peak[i]
+        for j in range(ns):  # sampled rows inside the window of every row of the block
+            if last - half <= sampled[j] <= first + half:
+                window_j = window[j]
+                for x in range(bw):
+                    block_lower[x] = max(block_lower[x], window_j[x])
+        block_peak[:] = value[first]
+        if last > first:
+            above_row, below_row, above_dx2, below_dx2 = (
+                edge_row[i],
+                edge_row[i + 1],
+                edge_dx2[i],
+                edge_dx2[i + 1],
+            )
+            near, far = first + 1, last
+            for x in range(bw):  # the bounds from above and below peak at an end of the block
+                a, b, c, d = near - above_row[x], far - above_row[x], near - below_row[x], far - below_row[x]
+                from_above = max(a * a, b * b) + above_dx2[x]
+                from_below = max(c * c, d * d) + below_dx2[x]
+                block_peak[x] = max(block_peak[x], min(from_above, from_below))
+        _window_max(block_peak, half, peak_window[i])
+        rows_begin, rows_end = max(first, r0), min(last + 1, r1)
+        if rows_begin >= rows_end:
+            continue
+        for x in range(c0, c1):
+            if block_peak[x] == 0 or block_peak[x] < block_lower[x]:
+                continue
+            for y in range(rows_begin, rows_end):
+                u = value[y, x] if y == first else _upper_bound(nearest, edge_row, edge_dx2, i, y, x)
+                if u > 0 and u >= block_lower[x]:
+                    found.append(y * bw + x)
+    n = len(found)
+    keep = np.zeros(n, np.bool_)
+    for c in range(n):
+        y, x = divmod(found[c], bw)
+        block = np.searchsorted(sampled, y, side="right") - 1
+        if not known[y, x]:
+            value[y, x] = _exact_squared(
+                nearest, _upper_bound(nearest, edge_row, edge_dx2, block, y, x), y, x
+            )
+            known[y, x] = True
+        v = value[y, x]
+        if v == 0 or v < lower[block, x]:
+            continue
+        y0, y1 = max(0, y - half), min(bh, y + half + 1)
+        x0, x1 = max(0, x - half), min(bw, x + half + 1)
+        larger = False
+        for t in range(2 * ns):  # row blocks nearest first
+            i = block + (t + 1) // 2 if t % 2 else block - t // 2
+            if i < 0 or i >= ns:
+                continue
+            first = sampled[i]
+            last = sampled[i + 1] - 1 if i + 1 < ns else bh - 1
+            if last < y0 or first >= y1 or (y0 <= first and last < y1 and peak_window[i, x] <= v):
+                continue
+            block_peak = peak[i]
+            for xx in range(x0, x1):
+                if block_peak[xx] <= v:
+                    continue
+                for yy in range(max(first, y0), min(last + 1, y1)):
+                    if known[yy, xx]:
+                        q = value[yy, xx]
+                    else:
+                        q = _upper_bound(nearest, edge_row, edge_dx2, i, yy, xx)
+                        if q > v:
+                            q = _exact_squared(nearest, q, yy, xx)
+                            value[yy, xx] = q
+                            known[yy, xx] = True
+                    if q > v:
+                        larger = True
+                        break
+                if larger:
+                    break
+            if larger:
+                break
+        keep[c] = not larger
+    kept = np.sort(np.array(found, np.int64)[keep])
+    return kept // bw, kept % bw
+
+
+@numba.njit(cache=True, nogil=True)
+def _watershed_kernel(edges, k, work32, work8):
     """Rows and columns (row-major) of ``nms_candidates(edge_distance(edges), k)``.
 
     For K >= 3 no candidate lies outside the bounding box of the edge pixels: above
@@ -474,6 +780,8 @@ def _watershed_candidates(edges, k):
     Args:
       edges: (H, W) bool edge map, indexed [y, x].
       k: odd window size in pixels.
+      work32: (>= 2 * H * W,) int32 work space.
+      work8: (>= H * W,) bool work space.
 
     Returns:
       rows, cols: (N,) int64 indices.
@@ -486,17 +794,56 @@ def _watershed_candidates(edges, k):
             if row[x]:
                 y0, y1 = min(y0, y), y
                 x0, x1 = min(x0, x), max(x1, x)
-    if k == 1 or y1 < 0:
-        top, bottom, left, right = 0, h, 0, w
-        region = (1, h - 1, 1, w - 1)
-    else:
-        half = k // 2
-        top, bottom = max(0, y0 - half), min(h, y1 + 1 + half)
-        left, right = max(0, x0 - half), min(w, x1 + 1 + half)
-        region = (max(y0, 1) - top, min(y1 + 1, h - 1) - top, max(x0, 1) - left, min(x1 + 1, w - 1) - left)
-    distance = _squared_distance(edges, top, bottom, left, right)
-    rows, cols = _nms(distance, k, region[0], region[1], region[2], region[3])
+    if k == 1 or y1 < 0 or max(h, w) >= 1 << 15:  # (int32 squared distances below)
+        rows, cols = _nms(_squared_distance(edges, 0, h, 0, w), k, 1, h - 1, 1, w - 1)
+        return rows, cols
+    half = k // 2
+    top, bottom = max(0, y0 - half), min(h, y1 + 1 + half)
+    left, right = max(0, x0 - half), min(w, x1 + 1 + half)
+    r0, r1 = max(y0, 1) - top, min(y1 + 1, h - 1) - top
+    c0, c1 = max(x0, 1) - left, min(x1 + 1, w - 1) - left
+    step = max(1, min(_STEP, half // 4))
+    rows, cols = _pruned_nms(edges, k, top, bottom, left, right, r0, r1, c0, c1, step, work32, work8)
     return rows + top, cols + left
+
+
+def _workspace(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A work array of the calling thread, reused across calls (no page faults, no zeroing).
+
+    Its contents are left over from an earlier call; it stays valid until the
+    thread asks for ``name`` again.
+
+    Args:
+      name: which work array.
+      shape: its shape.
+      dtype: its dtype.
+
+    Returns:
+      A C-contiguous array of that shape and dtype.
+    """
+    buffers = _WORKSPACES.__dict__.setdefault("buffers", {})
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    buffer = buffers.get(name)
+    if buffer is None or len(buffer) < size:
+        buffer = buffers[name] = np.empty(size, np.uint8)
+    return buffer[:size].view(dtype).reshape(shape)
+
+
+def _watershed_candidates(edges: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns (row-major) of ``nms_candidates(edge_distance(edges), k)``; see ``_watershed_kernel``.
+
+    Args:
+      edges: (H, W) bool edge map, indexed [y, x].
+      k: odd window size in pixels.
+
+    Returns:
+      rows, cols: (N,) int64 indices.
+    """
+    edges = np.ascontiguousarray(edges, dtype=bool)
+    size = edges.size
+    return _watershed_kernel(
+        edges, k, _workspace("work32", (2 * size,), np.int32), _workspace("work8", (size,), np.bool_)
+    )
 
 
 def motion_edges(flow: np.ndarray) -> np.ndarray:
@@ -514,7 +861,10 @@ def motion_edges(flow: np.ndarray) -> np.ndarray:
     Returns:
       (H, W) bool, True at motion edges; indexed [y, x].
     """
-    return _motion_edges(_check_flow(flow))
+    flow = _check_flow(flow)
+    edges = np.empty(flow.shape[:2], bool)
+    _motion_edges(flow, _workspace("strength", flow.shape[:2], np.float64), edges)
+    return edges
 
 
 def edge_distance(edges: np.ndarray) -> np.ndarray:
@@ -557,43 +907,44 @@ def nms_candidates(distance: np.ndarray, k: int) -> np.ndarray:
     return candidates
 
 
-def _close_later(coords: np.ndarray, d: float) -> np.ndarray:
-    """Which later points are closer than ``d`` to each point in both axes, as bits.
+@numba.njit(cache=True, nogil=True)
+def _thin(first, second, d, draws):
+    """Kept points of ``thin_candidates`` and the number of draws used.
 
-    Only a band of later points is compared with each point: when the points are
-    sorted by their first coordinate, up to the last one that is close in that
-    coordinate; otherwise all of them.
+    When the points are sorted by their first coordinate, the later points close
+    to point i all come before the first one at least ``d`` away in it.
 
     Args:
-      coords: (N, 2) int64 coordinates, N >= 2.
-      d: distance in pixels.
+      first: (N,) int64 first coordinates.
+      second: (N,) int64 second coordinates.
+      d: distance in pixels (differences are compared in float64, as NumPy's
+        ``fabs`` of the int64 differences).
+      draws: (N - 1,) float64 uniform numbers, used in order.
 
     Returns:
-      (N, B) uint8 bit rows (``np.packbits`` little-endian order): bit t of row i
-      is set iff point i + 1 + t exists and both its coordinate differences to
-      point i are < d. B = 0 when no pair is close.
+      kept: (N,) bool.
+      used: number of draws used.
     """
-    n = len(coords)
-    reach = math.ceil(d) - 1  # integer differences < d are <= reach
-    first = coords[:, 0]
-    if np.all(first[1:] >= first[:-1]):  # the later points close to i come before stop[i]
-        stop = np.searchsorted(first, first + reach, side="right")
-    else:
-        stop = np.full(n, n)
-    band = int((stop - np.arange(n)).max()) - 1
-    if reach < 0 or band < 1:
-        return np.zeros((n, 0), np.uint8)
-    coords = coords - coords.min(axis=0)  # in [0, span]: int16 holds all differences below
-    span = int(coords.max()) + reach + 1
-    signed, unsigned = (np.int16, np.uint16) if span < 2**15 else (np.int64, np.uint64)
-    close = np.ones((n, band), dtype=bool)
-    for axis in coords.T.astype(signed):
-        far = np.full(band, -reach - 1, signed)  # never close: pads the ends of the last bands
-        padded = np.concatenate([axis[1:], far])
-        later = np.lib.stride_tricks.as_strided(padded, (n, band), padded.strides * 2, writeable=False)
-        # later[i, t] = axis[i + 1 + t]; |later - axis| <= reach as one unsigned comparison.
-        close &= (later - (axis - reach)[:, None]).view(unsigned) <= 2 * reach
-    return np.packbits(close, axis=1, bitorder="little")
+    n = len(first)
+    ordered = True
+    for i in range(1, n):
+        ordered &= first[i] >= first[i - 1]
+    kept = np.ones(n, np.bool_)
+    used = 0
+    for i in range(n):
+        if not kept[i]:
+            continue
+        for j in range(i + 1, n):
+            gap = float(abs(first[j] - first[i]))
+            if ordered and gap >= d:
+                break
+            if kept[j] and gap < d and float(abs(second[j] - second[i])) < d:
+                used += 1
+                if draws[used - 1] < 0.5:
+                    kept[i] = False
+                    break
+                kept[j] = False
+    return kept, used
 
 
 def thin_candidates(points: np.ndarray, d: float, rng: np.random.Generator) -> np.ndarray:
@@ -604,8 +955,7 @@ def thin_candidates(points: np.ndarray, d: float, rng: np.random.Generator) -> n
     ``u = rng.random()`` decides: ``u < 0.5`` drops point i, otherwise point j.
     The rule is symmetric in the two coordinates, so points may be (x, y) or
     (row, col); the order of the points matters for reproducibility (the
-    sampler passes them in row-major order). The close points of each point are
-    bits of a Python int, and so are the kept points.
+    sampler passes them in row-major order).
 
     Args:
       points: (N, 2) integer pixel coordinates.
@@ -622,29 +972,15 @@ def thin_candidates(points: np.ndarray, d: float, rng: np.random.Generator) -> n
     n = len(points)
     if n < 2:
         return points
-    close = _close_later(points.astype(np.int64), d)
-    bits, size = close.tobytes(), close.shape[1]
+    coords = points.astype(np.int64)
     state = rng.bit_generator.state
-    draws = rng.random(n - 1).tolist()  # every draw drops a point
-    used = 0
-    kept = (1 << n) - 1  # bit i: point i is still kept
-    for i in range(n):
-        bit = 1 << i
-        if not kept & bit:
-            continue
-        contested = (int.from_bytes(bits[i * size : (i + 1) * size], "little") << (i + 1)) & kept
-        while contested:
-            j = contested & -contested  # lowest index first
-            used += 1
-            if draws[used - 1] < 0.5:
-                kept ^= bit
-                break
-            kept ^= j
-            contested ^= j
+    draws = rng.random(n - 1)  # every draw drops a point
+    kept, used = _thin(
+        np.ascontiguousarray(coords[:, 0]), np.ascontiguousarray(coords[:, 1]), float(d), draws
+    )
     rng.bit_generator.state = state
     rng.random(used)
-    keep = np.unpackbits(np.frombuffer(kept.to_bytes((n + 7) // 8, "little"), np.uint8), bitorder="little")
-    return points[keep[:n].astype(bool)]
+    return points[kept]
 
 
 def grid_stride(bg_ratio: float) -> int:
@@ -685,7 +1021,9 @@ def watershed_points(flow: np.ndarray, k: int, rng: np.random.Generator) -> np.n
     flow = _check_flow(flow)
     ds = max(1, max(flow.shape[:2]) // 400)
     small = np.ascontiguousarray(flow[::ds, ::ds]) if ds > 1 else flow
-    rows, cols = _watershed_candidates(_motion_edges(small), k)
+    edges = _workspace("edges", small.shape[:2], np.bool_)
+    _motion_edges(small, _workspace("strength", small.shape[:2], np.float64), edges)
+    rows, cols = _watershed_candidates(edges, k)
     kept = thin_candidates(np.stack([rows, cols], axis=1), (k - 1) / 2, rng)
     return _xy(kept[:, 0] * ds, kept[:, 1] * ds)
 
@@ -741,17 +1079,36 @@ def points_to_guidance(flow: np.ndarray, points: np.ndarray) -> tuple[np.ndarray
       sparse: (H, W, 2) float32, the flow at the points and 0 elsewhere.
       mask: (H, W, 2) float32, 1 at the points (both channels) and 0 elsewhere.
     """
-    flow = _check_flow(flow)
+    sparse, mask, _ = _guidance(_check_flow(flow), points)
+    return sparse, mask
+
+
+@numba.njit(cache=True, nogil=True)
+def _scatter(flow, points, sparse, mask):
+    """Writes the flow at (N, 2) int64 (x, y) points into zeroed (H, W, 2) ``sparse`` and ``mask``.
+
+    Returns:
+      The number of distinct points.
+    """
+    count = 0
+    for i in range(len(points)):
+        x, y = points[i, 0], points[i, 1]
+        count += mask[y, x, 0] == 0
+        sparse[y, x, 0], sparse[y, x, 1] = flow[y, x, 0], flow[y, x, 1]
+        mask[y, x, 0], mask[y, x, 1] = 1.0, 1.0
+    return count
+
+
+def _guidance(flow: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """``points_to_guidance`` of a checked flow, and the number of distinct points."""
     h, w = flow.shape[:2]
-    points = np.asarray(points).reshape(-1, 2)
-    xs, ys = points[:, 0], points[:, 1]
-    if len(points) and (xs.min() < 0 or ys.min() < 0 or xs.max() >= w or ys.max() >= h):
+    points = np.asarray(points, np.int64).reshape(-1, 2)
+    if len(points) and ((points.min(axis=0) < 0).any() or (points.max(axis=0) >= (w, h)).any()):
         raise ValueError(f"guidance points outside the {w}x{h} image")
     sparse = np.zeros((h, w, 2), np.float32)
     mask = np.zeros((h, w, 2), np.float32)
-    sparse[ys, xs] = flow[ys, xs]
-    mask[ys, xs] = 1.0
-    return sparse, mask
+    count = _scatter(flow, points, sparse, mask)
+    return sparse, mask, count
 
 
 def sample_guidance(
@@ -774,7 +1131,4 @@ def sample_guidance(
     h, w = flow.shape[:2]
     if "full" in config.strategy:
         return flow.copy(), np.ones((h, w, 2), np.float32), h * w
-    points = sample_points(flow, config, rng)
-    sparse, mask = points_to_guidance(flow, points)
-    count = len(np.unique(points[:, 1].astype(np.int64) * w + points[:, 0]))
-    return sparse, mask, count
+    return _guidance(flow, sample_points(flow, config, rng))

@@ -173,6 +173,33 @@ def test_edge_box_crop_equals_oracle(k):
         np.testing.assert_array_equal(cols, np.nonzero(expected)[1], err_msg=f"map {i}")
 
 
+@pytest.mark.parametrize("step", [1, 3, 8, 16])
+def test_pruned_nms_equals_oracle(step):
+    """The pruned NMS (exact distances on every ``step``-th row only) on whole-image boxes."""
+    for name, flow in FLOWS[::3]:
+        edges = oracle.motion_edges(flow)
+        h, w = edges.shape
+        if not edges.any() or min(h, w) < 3:
+            continue
+        distance = oracle.edge_distance(edges)
+        work32, work8 = np.empty(2 * h * w, np.int32), np.empty(h * w, bool)
+        for k in (3, 15, 49, 81):
+            rows, cols = guidance._pruned_nms(edges, k, 0, h, 0, w, 1, h - 1, 1, w - 1, step, work32, work8)
+            expected = np.nonzero(oracle.nms_candidates(distance, k))
+            np.testing.assert_array_equal(rows, expected[0], err_msg=f"{name} K={k}")
+            np.testing.assert_array_equal(cols, expected[1], err_msg=f"{name} K={k}")
+
+
+def test_window_max_clips_at_the_ends():
+    rng = np.random.default_rng(4)
+    for n, half in [(1, 3), (7, 1), (40, 5), (41, 20), (100, 60)]:
+        values = rng.integers(0, 50, n).astype(np.int32)
+        out = np.empty(n, np.int32)
+        guidance._window_max(values, half, out)
+        expected = [values[max(0, x - half) : x + half + 1].max() for x in range(n)]
+        np.testing.assert_array_equal(out, expected, err_msg=f"n={n} half={half}")
+
+
 def test_threshold_ties_are_decided_in_float64():
     """Strengths exactly at 0.1 * peak: the float64 division and comparison decide."""
     for step in (1.0, 0.3, 0.7, 3e-3, 12.5):
