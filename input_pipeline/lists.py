@@ -32,7 +32,8 @@ from input_pipeline import flow_io
 FLOW_COLUMNS = {"jpg": 2, "flo": 1}
 """Number of flow paths per line for each flow type (after the two frame paths)."""
 
-_IMREAD_RGB = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+# Decoded straight to RGB order (libjpeg writes RGB; no BGR -> RGB pass afterwards).
+_IMREAD_RGB = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
 _MAX_LOGGED_SKIPS = 10
 
 
@@ -179,13 +180,14 @@ def load_example(entry: ListEntry, frame2: bool = True) -> dict[str, np.ndarray]
         raise BadExampleError(
             f"{entry.where}: flow {flow_paths} is {_size(flow)} but frame1 {entry.frame1} is {_size(frame1)}"
         )
-    finite = np.isfinite(flow)
-    if not finite.all():
-        raise BadExampleError(
-            f"{entry.where}: flow {flow_paths} holds {finite.size - np.count_nonzero(finite)} NaN or "
-            "infinite values"
-        )
-    out = {"frame1": cv2.cvtColor(frame1, cv2.COLOR_BGR2RGB), "flow": flow}
+    if len(entry.flow) == 1:  # flow images decode to finite values by construction; .flo may not
+        finite = np.isfinite(flow)
+        if not finite.all():
+            raise BadExampleError(
+                f"{entry.where}: flow {flow_paths} holds {finite.size - np.count_nonzero(finite)} NaN or "
+                "infinite values"
+            )
+    out = {"frame1": frame1, "flow": flow}
     if frame2:
-        out["frame2"] = cv2.cvtColor(image2, cv2.COLOR_BGR2RGB)
+        out["frame2"] = image2
     return out

@@ -34,6 +34,7 @@ Output batches are dicts of NumPy-convertible tensors shaped
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import threading
@@ -53,6 +54,37 @@ IMAGENET_STD = np.array([58.395, 57.12, 57.375], np.float32)
 _NORMALIZE_LUT = (
     (np.arange(256, dtype=np.float64)[:, None] - IMAGENET_MEAN.astype(np.float64)) / IMAGENET_STD
 ).astype(np.float32)[None]
+
+
+# glibc mallopt parameters (malloc.h) and the values keep_freed_memory sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's largest (HEAP_MAX_SIZE / 2 on 64-bit)
+_TRIM_THRESHOLD_BYTES = 512 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Makes glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+    Every example allocates about 6 MB of decoded images, flow and outputs and
+    frees them again. By default glibc maps blocks above a (dynamic) threshold
+    freshly and trims the freed top of the heap, so those megabytes come back as
+    new pages each time: about 770 page faults, 1.3 ms of kernel time per
+    example at 416 x 555 -> 384 x 384 (a third of the per-example time). With
+    blocks below 32 MB served from the heap and up to 512 MB of free heap kept,
+    they are reused instead. Process-wide; the process keeps up to that much
+    freed memory (per malloc arena) mapped. No-op (False) where the C library
+    has no ``mallopt`` (not glibc).
+
+    Returns:
+      True if both settings were applied.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) == 1
+    return mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES) == 1 and ok
 
 
 def resize_short_side(image: np.ndarray, flow: np.ndarray, short_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -340,6 +372,7 @@ def create_dataset(
     num_parallel_calls: int = tf.data.AUTOTUNE,
     prefetch: int = 2,
     counter: BadExampleCounter | None = None,
+    reuse_freed_memory: bool = True,
 ) -> tf.data.Dataset:
     """Builds the batched, device-shaped tf.data pipeline over ``source``.
 
@@ -361,6 +394,8 @@ def create_dataset(
       num_parallel_calls: threads for the per-example work.
       prefetch: batches prepared ahead.
       counter: receives the count of skipped bad examples.
+      reuse_freed_memory: call ``keep_freed_memory`` (process-wide malloc
+        settings; about 1.3 ms less kernel time per example).
 
     Sets OpenCV to one thread per call (``cv2.setNumThreads(1)``, process-wide):
     the examples themselves run in parallel.
@@ -375,6 +410,8 @@ def create_dataset(
     # Parallelism comes from tf.data running examples concurrently; OpenCV's own
     # thread pool inside each call would only oversubscribe the cores.
     cv2.setNumThreads(1)
+    if reuse_freed_memory and not keep_freed_memory():
+        logging.warning("input pipeline: mallopt unavailable; freed memory is not kept for reuse")
     sampler = _Sampler(
         source, transform, seed, process_index, shuffle, skip_bad_examples, counter or BadExampleCounter()
     )

@@ -254,3 +254,45 @@ def test_list_shards_have_equal_sizes(tmp_path):
     list_file = _write_list_dataset(str(tmp_path), n=5)
     sizes = [pipeline.list_source([list_file], str(tmp_path), "jpg", False, p, 2).size for p in (0, 1)]
     assert sizes == [2, 2]  # the fifth entry is dropped so both processes run the same eval steps
+
+
+def test_frames_decode_as_rgb_like_bgr_then_convert(tmp_path):
+    """Frames decoded straight to RGB equal OpenCV's BGR decode flipped (colour, grey and RGBA files)."""
+    rng = np.random.default_rng(5)
+    smooth = cv2.GaussianBlur(rng.integers(0, 256, (37, 53, 4), dtype=np.uint8), (7, 7), 2)
+    images = {"colour.jpg": smooth[..., :3], "grey.jpg": smooth[..., 0], "rgba.png": smooth}
+    flow_x, flow_y = encode_flow_jpg(np.zeros((37, 53, 2), np.float32))
+    cv2.imwrite(str(tmp_path / "x.png"), flow_x)
+    cv2.imwrite(str(tmp_path / "y.png"), flow_y)
+    for name, image in images.items():
+        cv2.imwrite(str(tmp_path / name), image)
+        (tmp_path / "list.txt").write_text(f"{name} {name} x.png y.png\n")
+        (entry,), _ = lists.read_lists([str(tmp_path / "list.txt")], str(tmp_path), "jpg")
+        example = lists.load_example(entry)
+        expected = cv2.cvtColor(cv2.imread(str(tmp_path / name), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        for key in ("frame1", "frame2"):
+            assert example[key].shape == (37, 53, 3), name
+            np.testing.assert_array_equal(example[key], expected, err_msg=name)
+
+
+def test_keep_freed_memory_reuses_freed_blocks():
+    """After ``keep_freed_memory`` freed blocks are reused: no fresh pages (glibc).
+
+    By default glibc trims the freed top of the heap here, so every round faults
+    in all 2304 pages again.
+    """
+    import resource
+
+    if not pipeline.keep_freed_memory():
+        pytest.skip("no glibc mallopt")
+
+    def faults_of_round():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        blocks = [np.empty(3 << 19, np.uint8) for _ in range(6)]  # 6 x 1.5 MB, like one example
+        for block in blocks:
+            block.fill(1)
+        del blocks
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults_of_round()
+    assert min(faults_of_round() for _ in range(3)) < 100
