@@ -1,7 +1,8 @@
 """Inference: turn a few guidance arrows into dense flow, encoding each image once.
 
-``Predictor`` wraps a trained CMP (a cmp-jax workdir, or an original PyTorch
-checkpoint imported with ``scripts/import_torch.py``)::
+``Predictor`` wraps a trained CMP (a cmp-jax workdir, one imported from an
+original PyTorch checkpoint with ``scripts/import_torch.py``, or such a
+checkpoint read directly with ``Predictor.from_torch``)::
 
     predictor = Predictor.from_workdir("runs/semiauto")
     features = predictor.encode(image)                    # (1, H, W, 3) uint8 RGB
@@ -180,6 +181,24 @@ class Predictor:
         from cmp_jax import state  # optax/orbax only when loading from disk
 
         config, variables, _ = state.load_variables(workdir, step)
+        model = build_model(config.model, num_bins=config.flow.num_bins)
+        return cls(model, variables, FlowBins(config.flow.num_bins, config.flow.fmax), max_arrow)
+
+    @classmethod
+    def from_torch(cls, path: str | pathlib.Path, config: Any, max_arrow: float | None = None) -> Predictor:
+        """Loads an original-layout PyTorch checkpoint directly (no workdir).
+
+        Args:
+          path: e.g. the released ``ckpt_iter_42000.pth.tar`` (read with
+            ``torch.load(weights_only=True)``; see ``cmp_jax.convert.torch_io``).
+          config: the experiment config of its architecture, e.g.
+            ``configs/semiauto_resnet.py``'s ``get_config()`` for the demo model.
+          max_arrow: see the class docstring.
+        """
+        from cmp_jax.convert import torch_io  # imports PyTorch
+
+        state_dict, _ = torch_io.unwrap_checkpoint(torch_io.load_torch_file(path), str(path))
+        variables = torch_io.variables_from_state_dict(state_dict, config, str(path))
         model = build_model(config.model, num_bins=config.flow.num_bins)
         return cls(model, variables, FlowBins(config.flow.num_bins, config.flow.fmax), max_arrow)
 

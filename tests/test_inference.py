@@ -141,3 +141,20 @@ def test_from_workdir_loads_the_saved_variables(tmp_path, image):
         Predictor.from_workdir(tmp_path, step=3)
     with pytest.raises(FileNotFoundError, match="config.json"):
         Predictor.from_workdir(tmp_path / "nothing")
+
+
+def test_from_torch_reads_an_original_layout_checkpoint(tmp_path, image):
+    import torch  # noqa: F401  (before TensorFlow, which the rest of the suite may import)
+
+    from cmp_jax.convert import torch_io
+
+    config = tiny_config()
+    model, _ = state.build_from_config(config)
+    variables = random_variables(model.clone(bn_axis_name=None), *random_inputs(1, 32, 32), seed=3)
+    state.save_variables(tmp_path / "run", config, variables, step=7)
+    (path,) = torch_io.export_workdir(tmp_path / "run", tmp_path / "ckpt_iter_7.pth.tar", "original")
+    arrows = [[(20, 20, -3.0, 1.0)]]
+    np.testing.assert_array_equal(
+        Predictor.from_torch(path, config).predict(image, arrows),
+        Predictor.from_workdir(tmp_path / "run").predict(image, arrows),
+    )
