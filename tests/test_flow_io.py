@@ -91,6 +91,17 @@ def test_decode_flow_jpg_known_values():
     np.testing.assert_allclose(flow[0, 1:3, 0], [-0.196, 0.196], atol=1e-3)  # no exact zero
 
 
+def test_decode_flow_jpg_every_level_exactly():
+    """All 256 levels in both channels, also from non-contiguous planes: float32(v / 255 * 100 - 50)."""
+    rng = np.random.default_rng(3)
+    levels = rng.permutation(np.tile(np.arange(256, dtype=np.uint8), 8)).reshape(32, 64)
+    for x, y in [(levels, levels[::-1]), (levels[:, ::2], levels[::-1, 1::2])]:
+        flow = flow_io.decode_flow_jpg(x, y)
+        for channel, plane in enumerate((x, y)):
+            expected = (plane.astype(np.float64) * (100 / 255) - 50).astype(np.float32)
+            np.testing.assert_array_equal(flow[..., channel], expected)
+
+
 def test_decode_flow_jpg_rejects_bad_inputs():
     with pytest.raises(ValueError, match="uint8"):
         flow_io.decode_flow_jpg(np.zeros((2, 2), np.float32), np.zeros((2, 2), np.uint8))
