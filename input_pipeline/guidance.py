@@ -49,6 +49,16 @@ fast-math, so LLVM keeps IEEE semantics and contracts no multiply-adds).
   square roots are correctly rounded), the two channels added, the peak taken
   with NumPy's NaN semantics, ``max(peak, 0.01)``, and the division followed by
   the ``> 0.1`` comparison, as the reference does.
+* Edges, fast path: the same sums in float32 on the interleaved flow rows give
+  estimates within ``2**-15 * max|flow|`` (+ ``2**-60`` for underflow) of those
+  float64 strengths (a bound of the float32 rounding of 6-term sums of values
+  up to 8 max|flow|, two squares, a square root and a sum, with a safety factor
+  of 2; the tests see at most 5 % of it). Exact float64 strengths are computed
+  only where the estimates cannot decide: the pixels within twice that of the
+  largest estimate (their largest exact strength is the peak) and those within
+  it of the threshold. Flows with a non-finite value or one above 1e15 (float32
+  squares could overflow), or with more than 1/16 of the pixels near the peak,
+  take the float64 path everywhere.
 * Distances: SciPy's ``distance_transform_edt`` returns the float64 square root
   of the integer squared distance to the nearest edge pixel (without any edge
   pixel: to a virtual pixel at row -1, column 0). Squared distances are computed
@@ -175,6 +185,11 @@ def _xy(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 # (nogil) share no mutable state.
 _NO_EDGE = 1 << 24  # column distance of a column without any edge pixel (squares fit int64)
 _WORKSPACES = threading.local()  # per-thread work arrays, see _workspace
+# Float32 strength estimates: within _ESTIMATE_ERROR * max|flow| + _ESTIMATE_FLOOR of the float64
+# strengths (see _motion_edges), for flows with |values| <= _ESTIMATE_FLOW_LIMIT (no overflow).
+_ESTIMATE_FLOW_LIMIT = 1e15
+_ESTIMATE_ERROR = 2.0**-15
+_ESTIMATE_FLOOR = 2.0**-60
 _STEP = 10  # most rows between the exact rows of the pruned NMS (fewer: (K // 2) // 3)
 
 
@@ -191,7 +206,21 @@ def _load_row(flow, y, rows, slot):
 
 
 @numba.njit(cache=True, nogil=True)
-def _edge_strength(flow, literal, strength=None):
+def _magnitude(two, a_right, a_mid, a_left, b_right, b_left, d_right, d_mid, d_left):
+    """Sobel gradient magnitude of one flow channel at one pixel, in the dtype of ``two``.
+
+    ``a``, ``b``, ``d``: the rows below, at and above the pixel (convolution rows
+    y + 1, y, y - 1); right, mid, left: columns x + 1, x, x - 1 (borders
+    repeated). The terms are added in the order of SciPy's ``convolve2d`` with
+    the kernel's zero terms left out.
+    """
+    gx = a_right - a_left + two * b_right - two * b_left + d_right - d_left
+    gy = a_right + two * a_mid + a_left - d_right - two * d_mid - d_left
+    return np.sqrt(gx * gx + gy * gy)
+
+
+@numba.njit(cache=True, nogil=True)
+def _edge_strength(flow, literal, strength):
     """Float64 edge strength, (H, W): per-channel Sobel magnitudes of (H, W, 2) flow, summed.
 
     Sums the terms in the order of SciPy's ``convolve2d`` (kernel rows, then
@@ -199,12 +228,19 @@ def _edge_strength(flow, literal, strength=None):
     row H - 1). ``literal`` also adds the kernel's zero terms (``x * 0.0``), which
     only matter for non-finite flow (``inf * 0`` is NaN); otherwise they add a
     zero and change at most the sign of a zero sum, which the squares erase.
-    Written into ``strength`` when given (work space), which is returned.
+
+    Args:
+      flow: (H, W, 2) float32 flow (dx, dy) in pixels.
+      literal: add the zero terms too.
+      strength: (H, W) float64, receives the strengths.
+
+    Returns:
+      ``strength.max()`` with NumPy's semantics (NaN if any strength is NaN).
     """
     h, w = flow.shape[0], flow.shape[1]
-    if strength is None:
-        strength = np.empty((h, w), np.float64)
     rows = np.empty((2, 3, w + 2), np.float64)  # ring of 3 padded rows per channel
+    column_max = np.full(w, -np.inf)  # column-wise maxima and NaN flags (vectorised across rows)
+    column_nan = np.zeros(w, np.bool_)
     _load_row(flow, 0, rows, 0)
     for y in range(h):
         if y + 1 < h:
@@ -236,26 +272,18 @@ def _edge_strength(flow, literal, strength=None):
                     gy += d[x + 2] * -1.0
                     gy += d[x + 1] * -2.0
                     gy += d[x] * -1.0
+                    magnitude = np.sqrt(gx * gx + gy * gy)
                 else:
-                    gx = a[x + 2] - a[x] + 2.0 * b[x + 2] - 2.0 * b[x] + d[x + 2] - d[x]
-                    gy = a[x + 2] + 2.0 * a[x + 1] + a[x] - d[x + 2] - 2.0 * d[x + 1] - d[x]
-                magnitude = np.sqrt(gx * gx + gy * gy)
-                out[x] = magnitude if c == 0 else out[x] + magnitude
-    return strength
-
-
-@numba.njit(cache=True, nogil=True)
-def _peak(strength):
-    """``strength.max()`` with NumPy's semantics (NaN if any value is NaN), of an (H, W) array."""
-    h, w = strength.shape
-    column_max = np.full(w, -np.inf)
-    column_nan = np.zeros(w, np.bool_)
-    for y in range(h):  # column-wise maxima: vectorised across the row
-        row = strength[y]
-        for x in range(w):
-            value = row[x]
-            column_max[x] = value if value > column_max[x] else column_max[x]
-            column_nan[x] |= value != value
+                    magnitude = _magnitude(
+                        2.0, a[x + 2], a[x + 1], a[x], b[x + 2], b[x], d[x + 2], d[x + 1], d[x]
+                    )
+                if c == 0:
+                    out[x] = magnitude
+                else:
+                    value = out[x] + magnitude
+                    out[x] = value
+                    column_max[x] = value if value > column_max[x] else column_max[x]
+                    column_nan[x] |= value != value
     peak = -np.inf
     for x in range(w):
         if column_nan[x]:
@@ -280,28 +308,165 @@ def _least_above(peak):
 
 
 @numba.njit(cache=True, nogil=True)
-def _motion_edges(flow, strength, edges):
+def _strength_at(flow, y, x):
+    """The float64 edge strength of ``_edge_strength`` (no zero terms) at pixel (y, x) alone."""
+    h, w = flow.shape[0], flow.shape[1]
+    below, above = min(y + 1, h - 1), max(y - 1, 0)
+    right, left = min(x + 1, w - 1), max(x - 1, 0)
+    total = 0.0
+    for c in range(2):
+        a, b, d = flow[below, :, c], flow[y, :, c], flow[above, :, c]
+        magnitude = _magnitude(
+            2.0,
+            np.float64(a[right]),
+            np.float64(a[x]),
+            np.float64(a[left]),
+            np.float64(b[right]),
+            np.float64(b[left]),
+            np.float64(d[right]),
+            np.float64(d[x]),
+            np.float64(d[left]),
+        )
+        total = magnitude if c == 0 else total + magnitude
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _strength_estimate(flow, estimate, row_peak):
+    """Float32 edge strengths of (H, W, 2) float32 flow: ``_edge_strength`` in float32.
+
+    Works on the interleaved rows (dx, dy, dx, dy, ...): a pixel's neighbours in
+    a channel are two values away, and the two channels' magnitudes of a pixel
+    are adjacent. Non-negative float32 values are ordered as their int32 bit
+    patterns, so maxima are taken on those (integer maxima vectorise).
+
+    Args:
+      flow: (H, W, 2) float32 flow (dx, dy) in pixels, C-contiguous.
+      estimate: (H, W) float32, receives the estimated strengths.
+      row_peak: (H,) int32, receives the bit pattern of the largest estimate
+        of each row.
+
+    Returns:
+      The largest ``|flow|`` (infinity or NaN if some value is not finite).
+    """
+    h, w = flow.shape[0], flow.shape[1]
+    n = 2 * w
+    two = np.float32(2.0)
+    flat = flow.reshape((h, n))
+    rows = np.empty((3, n + 4), np.float32)  # ring of 3 rows, one pixel repeated each side
+    magnitude = np.empty(n, np.float32)
+    largest = 0  # bit pattern of the largest |flow| (sign bit cleared)
+    for y in range(-1, h):
+        if y + 1 < h:
+            source, padded = flat[y + 1], rows[(y + 1) % 3]
+            bits = source.view(np.int32)
+            for j in range(n):
+                padded[j + 2] = source[j]
+                largest = max(largest, bits[j] & 0x7FFFFFFF)
+            padded[0], padded[1] = source[0], source[1]
+            padded[n + 2], padded[n + 3] = source[n - 2], source[n - 1]
+        if y < 0:
+            continue
+        a = rows[min(y + 1, h - 1) % 3]
+        b = rows[y % 3]
+        d = rows[max(y - 1, 0) % 3]
+        for j in range(n):
+            magnitude[j] = _magnitude(two, a[j + 4], a[j + 2], a[j], b[j + 4], b[j], d[j + 4], d[j + 2], d[j])
+        out = estimate[y]
+        for x in range(w):
+            out[x] = magnitude[2 * x] + magnitude[2 * x + 1]
+        bits = out.view(np.int32)
+        peak = 0
+        for x in range(w):
+            peak = max(peak, bits[x])
+        row_peak[y] = peak
+    return np.float64(np.array([largest], np.int32).view(np.float32)[0])
+
+
+@numba.njit(cache=True, nogil=True)
+def _motion_edges(flow, estimate, strength, edges):
     """Edge map of (H, W, 2) float32 flow into ``edges`` (H, W) bool; see ``motion_edges``.
 
-    ``strength`` is (H, W) float64 work space.
+    The float32 estimates E(p) of the strengths S(p) (``_strength_estimate``)
+    are within ``err = _ESTIMATE_ERROR * max|flow| + _ESTIMATE_FLOOR`` of them.
+    The peak is the largest exact S among the pixels with E >= max E - 2 err
+    (they include every pixel where S is largest); a pixel with E >= low + err
+    is an edge, one with E < low - err is not, and the pixels in between are
+    decided by their exact S. Flows with a value that is not finite or above
+    ``_ESTIMATE_FLOW_LIMIT`` (float32 squares could overflow), or with more
+    than 1/16 of the pixels near the peak, get exact float64 strengths
+    everywhere (``_edge_strength``).
+
+    Args:
+      flow: (H, W, 2) float32 flow (dx, dy) in pixels.
+      estimate: (H, W) float32 work space.
+      strength: (H, W) float64 work space (used for the exact fallback only).
+      edges: (H, W) bool, receives the edge map.
+
+    Returns:
+      The inclusive bounding box (top, bottom, left, right) of the edge pixels;
+      (H, -1, W, -1) without any.
     """
-    _edge_strength(flow, False, strength)
-    peak = _peak(strength)
-    if not np.abs(peak) < np.inf:  # a non-finite flow value: add the zero terms too
-        _edge_strength(flow, True, strength)
-        peak = _peak(strength)
+    h, w = flow.shape[0], flow.shape[1]
+    row_peak = np.empty(h, np.int32)
+    flow_max = _strength_estimate(flow, estimate, row_peak)
+    exact = not flow_max <= _ESTIMATE_FLOW_LIMIT  # NaN too
+    error = _ESTIMATE_ERROR * flow_max + _ESTIMATE_FLOOR
+    peak = -np.inf
+    if not exact:
+        peaks = row_peak.view(np.float32)
+        near = np.float64(peaks.max()) - 2.0 * error
+        count = 0
+        for y in range(h):
+            if peaks[y] >= near:
+                row = estimate[y]
+                for x in range(w):
+                    if row[x] >= near:
+                        peak = max(peak, _strength_at(flow, y, x))
+                        count += 1
+        exact = count > h * w // 16
+    if exact:
+        peak = _edge_strength(flow, False, strength)
+        if not np.abs(peak) < np.inf:  # a non-finite flow value: add the zero terms too
+            peak = _edge_strength(flow, True, strength)
     if 0.01 > peak:  # Python's max(peak, 0.01), NaN kept
         peak = 0.01
-    h, w = strength.shape
-    if not np.abs(peak) < np.inf:
-        for y in range(h):
-            for x in range(w):
-                edges[y, x] = strength[y, x] / peak > 0.1
-        return
-    low = _least_above(peak)
+    finite = np.abs(peak) < np.inf
+    low = _least_above(peak) if finite else 0.0
+    high, below = low + error, low - error
+    column_any = np.zeros(w, np.bool_)
+    top, bottom = h, -1
     for y in range(h):
+        flags = edges[y]
+        if exact:
+            row = strength[y]
+            if finite:  # one comparison per pixel, vectorised
+                for x in range(w):
+                    flags[x] = row[x] >= low
+            else:
+                for x in range(w):
+                    flags[x] = row[x] / peak > 0.1
+        else:
+            row = estimate[y]
+            unsure = False
+            for x in range(w):
+                flags[x] = row[x] >= high
+                unsure |= (row[x] >= below) & (row[x] < high)
+            if unsure:
+                for x in range(w):
+                    if below <= row[x] < high:
+                        flags[x] = _strength_at(flow, y, x) >= low
+        found = False
         for x in range(w):
-            edges[y, x] = strength[y, x] >= low
+            column_any[x] |= flags[x]
+            found |= flags[x]
+        if found:
+            top, bottom = min(top, y), y
+    left, right = w, -1
+    for x in range(w):
+        if column_any[x]:
+            left, right = min(left, x), x
+    return top, bottom, left, right
 
 
 @numba.njit(cache=True, nogil=True)
@@ -766,7 +931,7 @@ def _pruned_nms(edges, k, top, bottom, left, right, r0, r1, c0, c1, step, work32
 
 
 @numba.njit(cache=True, nogil=True)
-def _watershed_kernel(edges, k, work32, work8):
+def _watershed_kernel(edges, box, k, work32, work8):
     """Rows and columns (row-major) of ``nms_candidates(edge_distance(edges), k)``.
 
     For K >= 3 no candidate lies outside the bounding box of the edge pixels: above
@@ -779,6 +944,8 @@ def _watershed_kernel(edges, k, work32, work8):
 
     Args:
       edges: (H, W) bool edge map, indexed [y, x].
+      box: inclusive bounding box (top, bottom, left, right) of the edge pixels,
+        (H, -1, W, -1) without any (as ``_motion_edges`` returns it).
       k: odd window size in pixels.
       work32: (>= 2 * H * W,) int32 work space.
       work8: (>= H * W,) bool work space.
@@ -787,13 +954,7 @@ def _watershed_kernel(edges, k, work32, work8):
       rows, cols: (N,) int64 indices.
     """
     h, w = edges.shape
-    y0, y1, x0, x1 = h, -1, w, -1  # inclusive bounding box of the edge pixels
-    for y in range(h):
-        row = edges[y]
-        for x in range(w):
-            if row[x]:
-                y0, y1 = min(y0, y), y
-                x0, x1 = min(x0, x), max(x1, x)
+    y0, y1, x0, x1 = box
     if k == 1 or y1 < 0 or max(h, w) >= 1 << 15:  # (int32 squared distances below)
         rows, cols = _nms(_squared_distance(edges, 0, h, 0, w), k, 1, h - 1, 1, w - 1)
         return rows, cols
@@ -840,9 +1001,12 @@ def _watershed_candidates(edges: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
       rows, cols: (N,) int64 indices.
     """
     edges = np.ascontiguousarray(edges, dtype=bool)
+    rows, cols = np.flatnonzero(edges.any(axis=1)), np.flatnonzero(edges.any(axis=0))
+    h, w = edges.shape
+    box = (rows[0], rows[-1], cols[0], cols[-1]) if len(rows) else (h, -1, w, -1)
     size = edges.size
     return _watershed_kernel(
-        edges, k, _workspace("work32", (2 * size,), np.int32), _workspace("work8", (size,), np.bool_)
+        edges, box, k, _workspace("work32", (2 * size,), np.int32), _workspace("work8", (size,), np.bool_)
     )
 
 
@@ -862,8 +1026,11 @@ def motion_edges(flow: np.ndarray) -> np.ndarray:
       (H, W) bool, True at motion edges; indexed [y, x].
     """
     flow = _check_flow(flow)
-    edges = np.empty(flow.shape[:2], bool)
-    _motion_edges(flow, _workspace("strength", flow.shape[:2], np.float64), edges)
+    shape = flow.shape[:2]
+    edges = np.empty(shape, bool)
+    _motion_edges(
+        flow, _workspace("estimate", shape, np.float32), _workspace("strength", shape, np.float64), edges
+    )
     return edges
 
 
@@ -908,8 +1075,8 @@ def nms_candidates(distance: np.ndarray, k: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _thin(first, second, d, draws):
-    """Kept points of ``thin_candidates`` and the number of draws used.
+def _thin(first, second, d, rng):
+    """Kept points of ``thin_candidates``.
 
     When the points are sorted by their first coordinate, the later points close
     to point i all come before the first one at least ``d`` away in it.
@@ -919,18 +1086,17 @@ def _thin(first, second, d, draws):
       second: (N,) int64 second coordinates.
       d: distance in pixels (differences are compared in float64, as NumPy's
         ``fabs`` of the int64 differences).
-      draws: (N - 1,) float64 uniform numbers, used in order.
+      rng: ``np.random.Generator``; one ``rng.random()`` per contested pair
+        (numba draws the same numbers from the same stream as NumPy).
 
     Returns:
-      kept: (N,) bool.
-      used: number of draws used.
+      (N,) bool, True for the kept points.
     """
     n = len(first)
     ordered = True
     for i in range(1, n):
         ordered &= first[i] >= first[i - 1]
     kept = np.ones(n, np.bool_)
-    used = 0
     for i in range(n):
         if not kept[i]:
             continue
@@ -939,12 +1105,11 @@ def _thin(first, second, d, draws):
             if ordered and gap >= d:
                 break
             if kept[j] and gap < d and float(abs(second[j] - second[i])) < d:
-                used += 1
-                if draws[used - 1] < 0.5:
+                if rng.random() < 0.5:
                     kept[i] = False
                     break
                 kept[j] = False
-    return kept, used
+    return kept
 
 
 def thin_candidates(points: np.ndarray, d: float, rng: np.random.Generator) -> np.ndarray:
@@ -960,26 +1125,16 @@ def thin_candidates(points: np.ndarray, d: float, rng: np.random.Generator) -> n
     Args:
       points: (N, 2) integer pixel coordinates.
       d: distance in pixels.
-      rng: random source, not used by anyone else meanwhile: up to N - 1 numbers
-        are drawn at once, then the generator is reset and advanced by the
-        number of contested pairs (``rng.random(n)`` gives the numbers of n
-        ``rng.random()`` calls).
+      rng: random source; exactly one number is drawn per contested pair.
 
     Returns:
       (M, 2) the kept points, in their input order and dtype.
     """
     points = np.asarray(points).reshape(-1, 2)
-    n = len(points)
-    if n < 2:
+    if len(points) < 2:
         return points
     coords = points.astype(np.int64)
-    state = rng.bit_generator.state
-    draws = rng.random(n - 1)  # every draw drops a point
-    kept, used = _thin(
-        np.ascontiguousarray(coords[:, 0]), np.ascontiguousarray(coords[:, 1]), float(d), draws
-    )
-    rng.bit_generator.state = state
-    rng.random(used)
+    kept = _thin(np.ascontiguousarray(coords[:, 0]), np.ascontiguousarray(coords[:, 1]), float(d), rng)
     return points[kept]
 
 
@@ -1017,6 +1172,26 @@ def _lattice(y0, h, x0, w, stride):
     return points
 
 
+@numba.njit(cache=True, nogil=True)
+def _watershed(flow, k, ds, rng, estimate, strength, edges, work32, work8):
+    """``watershed_points`` of (H, W, 2) float32 flow (already subsampled by ``ds``).
+
+    ``estimate`` (H, W) float32, ``strength`` (H, W) float64, ``edges`` (H, W) bool, ``work32`` (2 H W,)
+    int32 and ``work8`` (H W,) bool are work space. Returns (N, 2) int32 (x, y)
+    points multiplied by ``ds``.
+    """
+    box = _motion_edges(flow, estimate, strength, edges)
+    rows, cols = _watershed_kernel(edges, box, k, work32, work8)
+    kept = _thin(rows, cols, (k - 1) / 2, rng)
+    points = np.empty((kept.sum(), 2), np.int32)
+    n = 0
+    for i in range(len(kept)):
+        if kept[i]:
+            points[n, 0], points[n, 1] = cols[i] * ds, rows[i] * ds
+            n += 1
+    return points
+
+
 def watershed_points(flow: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Object points: thinned maxima of the distance to the motion edges.
 
@@ -1032,11 +1207,19 @@ def watershed_points(flow: np.ndarray, k: int, rng: np.random.Generator) -> np.n
     flow = _check_flow(flow)
     ds = max(1, max(flow.shape[:2]) // 400)
     small = np.ascontiguousarray(flow[::ds, ::ds]) if ds > 1 else flow
-    edges = _workspace("edges", small.shape[:2], np.bool_)
-    _motion_edges(small, _workspace("strength", small.shape[:2], np.float64), edges)
-    rows, cols = _watershed_candidates(edges, k)
-    kept = thin_candidates(np.stack([rows, cols], axis=1), (k - 1) / 2, rng)
-    return _xy(kept[:, 0] * ds, kept[:, 1] * ds)
+    shape = small.shape[:2]
+    size = math.prod(shape)
+    return _watershed(
+        small,
+        k,
+        ds,
+        rng,
+        _workspace("estimate", shape, np.float32),
+        _workspace("strength", shape, np.float64),
+        _workspace("edges", shape, np.bool_),
+        _workspace("work32", (2 * size,), np.int32),
+        _workspace("work8", (size,), np.bool_),
+    )
 
 
 def sample_points(flow: np.ndarray, config: SamplerConfig, rng: np.random.Generator) -> np.ndarray:

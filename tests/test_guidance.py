@@ -235,8 +235,11 @@ def test_sobel_sums_in_scipys_order():
         gy = signal.convolve2d(flow[..., c], oracle.SOBEL.T, mode="same", boundary="symm")
         magnitudes.append(np.sqrt(gx**2 + gy**2))
     expected = magnitudes[0] + magnitudes[1]
-    np.testing.assert_array_equal(guidance._edge_strength(flow, False), expected)
-    np.testing.assert_array_equal(guidance._edge_strength(flow, True), expected)
+    for literal in (False, True):
+        strength = np.empty(flow.shape[:2])
+        peak = guidance._edge_strength(flow, literal, strength)
+        np.testing.assert_array_equal(strength, expected)
+        assert peak == expected.max()
     padded = np.pad(flow[..., 0].astype(np.float64), 1, mode="edge")
     other_gx = (padded[:-2, 2:] + 2 * padded[1:-1, 2:] + padded[2:, 2:]) - (
         padded[:-2, :-2] + 2 * padded[1:-1, :-2] + padded[2:, :-2]
@@ -256,6 +259,81 @@ def test_non_finite_flow_equals_oracle(bad):
         with np.errstate(invalid="ignore"):
             expected = oracle.motion_edges(broken)
         np.testing.assert_array_equal(guidance.motion_edges(broken), expected)
+
+
+def _estimate_cases():
+    """Flows for the float32 strength estimates: scales, cancellation, values spanning 2**60."""
+    rng = np.random.default_rng(21)
+    cases = [(name, flow) for name, flow in FLOWS]
+    for scale in (1e-30, 1e-6, 1.0, 1e6, 1e12, 1e15):
+        cases.append((f"noise{scale:g}", (rng.standard_normal((40, 50, 2)) * scale).astype(np.float32)))
+    pattern = oracle.piecewise_rigid_flow(60, 80, rng, 4) * np.float32(1e-3)
+    cases.append(("offset", pattern + np.float32(3e4)))  # large values, small differences
+    spread = rng.choice([1.0, -3.0, 1e-9, -7e-10, 1e8, 0.1], (30, 40, 2)).astype(np.float32)
+    cases.append(("spread", spread * rng.random((30, 40, 2), np.float32)))
+    return cases
+
+
+def test_strength_estimate_error_is_bounded():
+    """Float32 estimates lie within the documented bound of the exact float64 strengths."""
+    worst = 0.0
+    for name, flow in _estimate_cases():
+        h, w = flow.shape[:2]
+        estimate, row_peak = np.empty((h, w), np.float32), np.empty(h, np.int32)
+        flow_max = guidance._strength_estimate(flow, estimate, row_peak)
+        assert flow_max == np.abs(flow).max(), name
+        np.testing.assert_array_equal(row_peak.view(np.float32), estimate.max(axis=1), err_msg=name)
+        exact = np.empty((h, w))
+        guidance._edge_strength(flow, False, exact)
+        bound = guidance._ESTIMATE_ERROR * flow_max + guidance._ESTIMATE_FLOOR
+        error = np.abs(estimate - exact).max()
+        assert error <= bound, name
+        worst = max(worst, error / bound)
+    assert worst > 1e-3  # the cases come near the bound: it is not vacuous
+
+
+def _unsure_flows():
+    """(name, path, flow): flows whose float32 estimates cannot decide every pixel.
+
+    path: "estimate" (the estimates decide, the exact strengths settle the pixels
+    near the threshold), "exact" (float64 strengths everywhere: too many pixels
+    near the peak, or values above the float32 limit).
+    """
+    rng = np.random.default_rng(22)
+    h, w = 50, 80
+    threshold = np.zeros((h, w, 2), np.float32)
+    threshold[:, 50:, 0] = 100  # peak 400 + 8 s at the step
+    slope = 400 / 72 * (1 + (np.arange(h) - 25) * 1e-6)  # ramp strength 8 s = 0.1 * peak, +-2e-5
+    threshold[..., 1] = np.arange(w)[None, :] * slope[:, None]
+    offset = oracle.piecewise_rigid_flow(70, 90, rng, 3) * np.float32(2e-3) + np.float32(3e4)
+    huge = oracle.piecewise_rigid_flow(40, 50, rng) * np.float32(1e20)
+    top = np.zeros((30, 40, 2), np.float32)
+    top[10:, 15:] = np.finfo(np.float32).max
+    return [
+        ("threshold", "estimate", threshold),
+        ("offset", "exact", offset),
+        ("huge", "exact", huge),
+        ("float32_max", "exact", top),
+    ]
+
+
+@pytest.mark.parametrize("name,path,flow", _unsure_flows(), ids=[name for name, _, _ in _unsure_flows()])
+def test_unsure_estimates_equal_oracle(name, path, flow):
+    """Pixels within the estimate's error of the threshold or the peak are decided exactly."""
+    np.testing.assert_array_equal(guidance.motion_edges(flow), oracle.motion_edges(flow))
+    h, w = flow.shape[:2]
+    estimate, row_peak = np.empty((h, w), np.float32), np.empty(h, np.int32)
+    flow_max = guidance._strength_estimate(flow, estimate, row_peak)
+    if name in ("huge", "float32_max"):
+        assert flow_max > guidance._ESTIMATE_FLOW_LIMIT
+        return
+    bound = guidance._ESTIMATE_ERROR * flow_max + guidance._ESTIMATE_FLOOR
+    near_peak = (estimate >= estimate.max() - 2 * bound).sum()
+    assert (near_peak > h * w // 16) == (path == "exact")
+    exact = np.empty((h, w))
+    peak = guidance._edge_strength(flow, False, exact)
+    assert (np.abs(estimate - 0.1 * peak) <= bound).sum() > 20  # pixels the estimates cannot decide
+    assert 0 < oracle.motion_edges(flow).sum() < h * w  # and the decision is not uniform
 
 
 @pytest.mark.parametrize("h,w", [(1, 1), (1, 7), (6, 1), (2, 2)])
