@@ -193,6 +193,17 @@ _ESTIMATE_FLOOR = 2.0**-60
 _STEP = 10  # most rows between the exact rows of the pruned NMS (fewer: (K // 2) // 3)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _index(i):
+    """Index ``i`` (known to be >= 0) as an unsigned integer.
+
+    Numba wraps negative signed indices around (``a[-1]``), a select per access
+    that keeps LLVM from vectorising loops over ``a[i + offset]``; unsigned
+    indices skip it (10x faster loops here).
+    """
+    return numba.uint64(i)
+
+
 @numba.njit(cache=True, nogil=True)
 def _load_row(flow, y, rows, slot):
     """Copies flow row y into ``rows[c, slot, 1:-1]`` (float64) with one repeated pixel each side."""
@@ -509,14 +520,13 @@ def _lower_envelope(column, out, nearest, scratch):
                 break
         k += 1
         v[k], f[k], zn[k], zd[k] = q, fq, num, den
-    begin = 0
-    for j in range(k + 1):  # parabola j is lowest for the integers x > zn[j] / zd[j]
-        end = n if j == k else min(n, max(0, zn[j + 1] // zd[j + 1] + 1))
-        height, centre = f[j] - v[j] * v[j], v[j]
-        for x in range(begin, end):
-            out[x] = height + (x - centre) * (x - centre)
-            nearest[x] = centre
-        begin = max(begin, end)
+    j = 0  # parabola j is lowest for the integers x > zn[j] / zd[j] (increasing in j)
+    for x in range(n):
+        while j < k and x * zd[j + 1] > zn[j + 1]:  # (no division: 10x faster)
+            j += 1
+        centre = v[j]
+        out[x] = f[j] - centre * centre + (x - centre) * (x - centre)
+        nearest[x] = centre
 
 
 @numba.njit(cache=True, nogil=True)
@@ -688,45 +698,68 @@ def _nearest_edge_rows(edges, top, bottom, left, right, nearest):
             last[x] = y if flags[x] else last[x]
             row[x] = last[x]
     last[:] = _NO_EDGE  # now the nearest edge row below (or on)
-    for y in range(bh - 1, -1, -1):
-        flags, row = edges[top + y, left:right], nearest[y]
-        for x in range(bw):
-            last[x] = y if flags[x] else last[x]
-            row[x] = last[x] if last[x] - y < y - row[x] else row[x]
+    for t in range(bh):
+        y = bh - 1 - t
+        _nearer_below(edges[top + y, left:right], last, nearest[y], y)
 
 
 @numba.njit(cache=True, nogil=True)
-def _window_max(values, half, out):
-    """Maximum over the window ``[x - half, x + half]`` (clipped) of every element, O(1) each.
+def _nearer_below(flags, last, row, y):
+    """One row of the upward pass of ``_nearest_edge_rows``.
 
-    Van Herk / Gil and Werman on the sequence padded with ``half`` elements of -1
-    each side (``values`` must be >= 0): blocks of ``2 * half + 1`` padded elements,
-    running maxima forwards and backwards within each block; a window spans at
-    most two blocks.
+    A function of its own: inlined into the loop over the rows, bottom up, the
+    loop over the columns ran 4 times slower (it vectorises badly there).
 
     Args:
-      values: (N,) integer values >= 0.
+      flags: (N,) bool edge pixels of box row y.
+      last: (N,) int32 row of the nearest edge pixel at or below row y + 1;
+        updated to row y.
+      row: (N,) int32 row of the nearest edge pixel at or above row y; receives
+        the nearer of the two (the one above on ties).
+      y: box row.
+    """
+    y = np.int32(y)
+    for x in range(len(row)):
+        below = y if flags[x] else last[x]
+        last[x] = below
+        above = row[x]
+        row[x] = below if below - y < y - above else above
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_max(values, half, out, scratch):
+    """Maximum over the window ``[x - half, x + half]`` (clipped) of every element.
+
+    Doubling on the sequence padded with ``half`` elements of -1 each side
+    (``values`` must be >= 0): after step j every element holds the maximum of
+    the ``2**j`` elements starting at it, and a window of ``2 * half + 1`` is
+    covered by two such runs. Every step is one vectorised pass.
+
+    Args:
+      values: (N,) int32 values >= 0.
       half: window radius in elements.
-      out: (N,) integer array, receives the window maxima.
+      out: (N,) int32, receives the window maxima.
+      scratch: (2, >= N + 2 * half) int32 work space.
     """
     n, m = len(values), 2 * half + 1
     size = n + 2 * half
-    padded = np.full(size, -1, values.dtype)
-    padded[half : half + n] = values
-    forward = np.empty(size, values.dtype)
-    backward = np.empty(size, values.dtype)
-    for begin in range(0, size, m):
-        end = min(begin + m, size)
-        run = padded[begin]
-        for i in range(begin, end):
-            run = max(run, padded[i])
-            forward[i] = run
-        run = padded[end - 1]
-        for i in range(end - 1, begin - 1, -1):
-            run = max(run, padded[i])
-            backward[i] = run
-    for x in range(n):  # padded window [x, x + m - 1]
-        out[x] = max(backward[x], forward[x + m - 1])
+    first, second = scratch[0], scratch[1]
+    for i in range(size):
+        first[i] = values[_index(i - half)] if half <= i < half + n else -1
+    length = 1  # the latest run: run[i] = max(padded[i : i + length])
+    latest_second = False  # (two loops, not swapped arrays: those would not vectorise)
+    while 2 * length <= m:
+        if latest_second:
+            for i in range(size - length):
+                first[i] = max(second[i], second[_index(i + length)])
+        else:
+            for i in range(size - length):
+                second[i] = max(first[i], first[_index(i + length)])
+        latest_second = not latest_second
+        length *= 2
+    run = second if latest_second else first
+    for x in range(n):  # window [x, x + m - 1] of the padded sequence: two runs
+        out[x] = max(run[x], run[_index(x + m - length)])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -828,6 +861,7 @@ def _pruned_nms(edges, k, top, bottom, left, right, r0, r1, c0, c1, step, work32
     edge_row = np.empty((ns, bw), np.int32)  # a nearest edge pixel of each sampled pixel:
     edge_dx2 = np.empty((ns, bw), np.int32)  # its row and squared column offset
     window = np.empty((ns, bw), np.int32)  # sampled values: maxima over the window's columns
+    window_scratch = np.empty((2, bw + 2 * half), np.int32)
     scratch = _envelope_scratch(bw)
     column = np.empty(bw, np.int64)
     centre = np.empty(bw, np.int64)
@@ -841,7 +875,7 @@ def _pruned_nms(edges, k, top, bottom, left, right, r0, r1, c0, c1, step, work32
         for x in range(bw):
             edge_row[i, x] = near[centre[x]]
             edge_dx2[i, x] = (x - centre[x]) * (x - centre[x])
-        _window_max(value[y], half, window[i])
+        _window_max(value[y], half, window[i], window_scratch)
     # Row block i: rows sampled[i] .. sampled[i + 1] - 1 (the last: row bh - 1).
     peak = np.empty((ns, bw), np.int32)  # per block and column, an upper bound of all values
     peak_window = np.empty((ns, bw), np.int32)  # its maxima over the window's columns
@@ -870,7 +904,7 @@ def _pruned_nms(edges, k, top, bottom, left, right, r0, r1, c0, c1, step, work32
                 from_above = max(a * a, b * b) + above_dx2[x]
                 from_below = max(c * c, d * d) + below_dx2[x]
                 block_peak[x] = max(block_peak[x], min(from_above, from_below))
-        _window_max(block_peak, half, peak_window[i])
+        _window_max(block_peak, half, peak_window[i], window_scratch)
         rows_begin, rows_end = max(first, r0), min(last + 1, r1)
         if rows_begin >= rows_end:
             continue

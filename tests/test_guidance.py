@@ -192,10 +192,10 @@ def test_pruned_nms_equals_oracle(step):
 
 def test_window_max_clips_at_the_ends():
     rng = np.random.default_rng(4)
-    for n, half in [(1, 3), (7, 1), (40, 5), (41, 20), (100, 60)]:
+    for n, half in [(1, 3), (7, 1), (40, 5), (41, 20), (100, 60), (384, 40), (50, 0), (9, 4)]:
         values = rng.integers(0, 50, n).astype(np.int32)
         out = np.empty(n, np.int32)
-        guidance._window_max(values, half, out)
+        guidance._window_max(values, half, out, np.empty((2, n + 2 * half), np.int32))
         expected = [values[max(0, x - half) : x + half + 1].max() for x in range(n)]
         np.testing.assert_array_equal(out, expected, err_msg=f"n={n} half={half}")
 
