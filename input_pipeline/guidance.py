@@ -372,7 +372,7 @@ def _strength_estimate(flow, estimate, row_peak):
             source, padded = flat[y + 1], rows[(y + 1) % 3]
             bits = source.view(np.int32)
             for j in range(n):
-                padded[j + 2] = source[j]
+                padded[_index(j + 2)] = source[j]
                 largest = max(largest, bits[j] & 0x7FFFFFFF)
             padded[0], padded[1] = source[0], source[1]
             padded[n + 2], padded[n + 3] = source[n - 2], source[n - 1]
@@ -382,10 +382,11 @@ def _strength_estimate(flow, estimate, row_peak):
         b = rows[y % 3]
         d = rows[max(y - 1, 0) % 3]
         for j in range(n):
-            magnitude[j] = _magnitude(two, a[j + 4], a[j + 2], a[j], b[j + 4], b[j], d[j + 4], d[j + 2], d[j])
+            right, mid = _index(j + 4), _index(j + 2)
+            magnitude[j] = _magnitude(two, a[right], a[mid], a[j], b[right], b[j], d[right], d[mid], d[j])
         out = estimate[y]
         for x in range(w):
-            out[x] = magnitude[2 * x] + magnitude[2 * x + 1]
+            out[x] = magnitude[_index(2 * x)] + magnitude[_index(2 * x + 1)]
         bits = out.view(np.int32)
         peak = 0
         for x in range(w):
@@ -506,26 +507,29 @@ def _lower_envelope(column, out, nearest, scratch):
     v, f, zn, zd = scratch[0], scratch[1], scratch[2], scratch[3]
     # v: columns of the envelope's parabolas; f: their g**2 + q**2; parabola i is
     # lowest from zn[i] / zd[i] on (zd > 0).
-    k = -1
+    k = -1  # (indices as _index: k >= 0 wherever it indexes)
     for q in range(n):
-        if column[q] >= _NO_EDGE // 2:
+        gq = column[q]
+        if gq >= _NO_EDGE // 2:
             continue
-        fq = column[q] * column[q] + q * q
+        fq = gq * gq + q * q
         num, den = 0, 1
         while k >= 0:
-            num, den = fq - f[k], 2 * (q - v[k])  # intersection with parabola k at num / den
-            if k > 0 and num * zd[k] <= zn[k] * den:
+            top = _index(k)
+            num, den = fq - f[top], 2 * (q - v[top])  # intersection with parabola k at num / den
+            if k > 0 and num * zd[top] <= zn[top] * den:
                 k -= 1
             else:
                 break
         k += 1
-        v[k], f[k], zn[k], zd[k] = q, fq, num, den
+        top = _index(k)
+        v[top], f[top], zn[top], zd[top] = q, fq, num, den
     j = 0  # parabola j is lowest for the integers x > zn[j] / zd[j] (increasing in j)
     for x in range(n):
-        while j < k and x * zd[j + 1] > zn[j + 1]:  # (no division: 10x faster)
+        while j < k and x * zd[_index(j + 1)] > zn[_index(j + 1)]:  # (no division: 10x faster)
             j += 1
-        centre = v[j]
-        out[x] = f[j] - centre * centre + (x - centre) * (x - centre)
+        centre, height = v[_index(j)], f[_index(j)]
+        out[x] = height - centre * centre + (x - centre) * (x - centre)
         nearest[x] = centre
 
 
