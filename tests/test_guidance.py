@@ -458,8 +458,9 @@ def test_points_to_guidance_uses_x_as_column():
     np.testing.assert_array_equal(sparse[1, 5], flow[1, 5])
     with pytest.raises(ValueError, match="outside"):
         guidance.points_to_guidance(flow, np.array([[6, 0]]))
-    with pytest.raises(ValueError, match="outside"):
-        guidance.points_to_guidance(flow, np.array([[0, -1]]))
+    for bad in ([0, -1], [-1, 0], [0, 4], [2, 2, 5, 9]):
+        with pytest.raises(ValueError, match="outside the 6x4 image"):
+            guidance.points_to_guidance(flow, np.array(bad).reshape(-1, 2))
 
 
 @pytest.mark.parametrize(
