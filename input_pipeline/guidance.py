@@ -109,8 +109,8 @@ Numba vectorises a loop only when its indexing is simple: an index
 non-negative) gets a wrap-around check for negative indices that keeps LLVM
 from vectorising, so such indices go through ``_index`` (unsigned); loops that
 alternate between two arrays are written out, not swapped; the upward pass of
-``_nearest_edge_rows`` is a function of its own. Each of these made its loop
-4-12x faster.
+``_nearest_edge_rows`` is a function of its own. These made the loops of the
+window maximum 6x and of the upward pass 4x faster.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def _index(i):
 
     Numba wraps negative signed indices around (``a[-1]``), a select per access
     that keeps LLVM from vectorising loops over ``a[i + offset]``; unsigned
-    indices skip it (10x faster loops here).
+    indices skip it (a loop ``b[i] = max(a[i], a[i + s])`` ran 12x faster).
     """
     return numba.uint64(i)
 
@@ -535,7 +535,7 @@ def _lower_envelope(column, out, nearest, scratch):
         v[top], f[top], zn[top], zd[top] = q, fq, num, den
     j = 0  # parabola j is lowest for the integers x > zn[j] / zd[j] (increasing in j)
     for x in range(n):
-        while j < k and x * zd[_index(j + 1)] > zn[_index(j + 1)]:  # (no division: 10x faster)
+        while j < k and x * zd[_index(j + 1)] > zn[_index(j + 1)]:  # (multiplied, not divided)
             j += 1
         centre, height = v[_index(j)], f[_index(j)]
         out[x] = height - centre * centre + (x - centre) * (x - centre)
@@ -1221,11 +1221,22 @@ def _lattice(y0, h, x0, w, stride):
 
 @numba.njit(cache=True, nogil=True)
 def _watershed(flow, k, ds, rng, estimate, strength, edges, work32, work8):
-    """``watershed_points`` of (H, W, 2) float32 flow (already subsampled by ``ds``).
+    """``watershed_points`` in one compiled call: edges, candidates, thinning.
 
-    ``estimate`` (H, W) float32, ``strength`` (H, W) float64, ``edges`` (H, W) bool, ``work32`` (2 H W,)
-    int32 and ``work8`` (H W,) bool are work space. Returns (N, 2) int32 (x, y)
-    points multiplied by ``ds``.
+    Args:
+      flow: (H, W, 2) float32 flow (dx, dy) in pixels, C-contiguous, already
+        subsampled by ``ds``.
+      k: odd non-maximum-suppression window in pixels.
+      ds: subsampling factor; the points are multiplied by it.
+      rng: ``np.random.Generator`` of the thinning.
+      estimate: (H, W) float32 work space.
+      strength: (H, W) float64 work space.
+      edges: (H, W) bool work space.
+      work32: (2 H W,) int32 work space.
+      work8: (H W,) bool work space.
+
+    Returns:
+      (N, 2) int32 (x, y) points in full-resolution pixels.
     """
     box = _motion_edges(flow, estimate, strength, edges)
     rows, cols = _watershed_kernel(edges, box, k, work32, work8)
