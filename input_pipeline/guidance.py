@@ -1037,26 +1037,6 @@ def _workspace(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     return buffer[:size].view(dtype).reshape(shape)
 
 
-def _watershed_candidates(edges: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and columns (row-major) of ``nms_candidates(edge_distance(edges), k)``; see ``_watershed_kernel``.
-
-    Args:
-      edges: (H, W) bool edge map, indexed [y, x].
-      k: odd window size in pixels.
-
-    Returns:
-      rows, cols: (N,) int64 indices.
-    """
-    edges = np.ascontiguousarray(edges, dtype=bool)
-    rows, cols = np.flatnonzero(edges.any(axis=1)), np.flatnonzero(edges.any(axis=0))
-    h, w = edges.shape
-    box = (rows[0], rows[-1], cols[0], cols[-1]) if len(rows) else (h, -1, w, -1)
-    size = edges.size
-    return _watershed_kernel(
-        edges, box, k, _workspace("work32", (2 * size,), np.int32), _workspace("work8", (size,), np.bool_)
-    )
-
-
 def motion_edges(flow: np.ndarray) -> np.ndarray:
     """Binary motion-edge map of a flow field.
 

@@ -167,7 +167,11 @@ def _local_edge_maps():
 def test_edge_box_crop_equals_oracle(k):
     """The watershed computes the distance only on the edges' bounding box widened by K // 2."""
     for i, edges in enumerate(_local_edge_maps()):
-        rows, cols = guidance._watershed_candidates(edges, k)
+        h, w = edges.shape
+        ys, xs = np.flatnonzero(edges.any(axis=1)), np.flatnonzero(edges.any(axis=0))
+        box = (ys[0], ys[-1], xs[0], xs[-1]) if len(ys) else (h, -1, w, -1)
+        work32, work8 = np.empty(2 * h * w, np.int32), np.empty(h * w, bool)
+        rows, cols = guidance._watershed_kernel(edges, box, k, work32, work8)
         expected = oracle.nms_candidates(oracle.edge_distance(edges), k)
         np.testing.assert_array_equal(rows, np.nonzero(expected)[0], err_msg=f"map {i}")
         np.testing.assert_array_equal(cols, np.nonzero(expected)[1], err_msg=f"map {i}")
