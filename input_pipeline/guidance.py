@@ -189,9 +189,9 @@ def _xy(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.stack([cols, rows], axis=1).astype(np.int32).reshape(-1, 2)
 
 
-# The numba kernels below are compiled on first use (cached in __pycache__). They
-# allocate all their buffers per call, so concurrent calls from several threads
-# (nogil) share no mutable state.
+# The numba kernels below are compiled on first use (cached in __pycache__). Their
+# large work arrays come from the calling thread's _workspace, the rest is allocated
+# per call, so concurrent calls from several threads (nogil) share no mutable state.
 _NO_EDGE = 1 << 24  # column distance of a column without any edge pixel (squares fit int64)
 _WORKSPACES = threading.local()  # per-thread work arrays, see _workspace
 # Float32 strength estimates: within _ESTIMATE_ERROR * max|flow| + _ESTIMATE_FLOOR of the float64
