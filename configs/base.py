@@ -10,6 +10,7 @@ experiment's (``rep_learning/resnet50_yfcc_voc_16gpu_42k``: 16 GPUs x 10 images)
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -59,10 +60,13 @@ def get_config() -> ml_collections.ConfigDict:
     # "tfds" (a prepared cmp_flow TFDS dataset).
     config.data.source = "lists"
     # List files, concatenated in order; paths inside are relative to `root`
-    # (or to the working directory when root is None) unless absolute.
+    # (or to the working directory when root is None) unless absolute. A relative
+    # list file path is looked up under `root` first, then in the working directory.
     config.data.train_lists = ("data/yfcc/lists/train.txt",)
     config.data.val_lists = ("data/yfcc/lists/val.txt",)
-    config.data.root = None
+    # A placeholder reads back as None but, unlike a plain None, can be set from
+    # the command line (--config.data.root=DIR); the same for tfds.data_dir.
+    config.data.root = config_dict.placeholder(str)
     # "jpg": `frame1 frame2 flow_x flow_y` (8-bit flow images over +-50 px);
     # "flo": `frame1 frame2 flow.flo`.
     config.data.flow_type = "jpg"
@@ -94,7 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
     # A prepared TFDS dataset (data.source = "tfds"); see input_pipeline/tfds_builder.
     config.data.tfds = ml_collections.ConfigDict()
     config.data.tfds.name = "cmp_flow/lists"
-    config.data.tfds.data_dir = None
+    config.data.tfds.data_dir = config_dict.placeholder(str)
     config.data.tfds.train_split = "train"
     config.data.tfds.val_split = "validation"
 

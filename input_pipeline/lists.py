@@ -77,6 +77,8 @@ def read_lists(
 
     Args:
       list_files: list file paths (str or path-like), read in this order; a single path is accepted too.
+        A relative one is looked up under ``root`` first (where ``scripts/extract_flow.py`` writes its
+        lists), then as given (relative to the working directory).
       root: folder prepended to relative paths in the lists; None uses them as given (relative to the
         working directory, as the original does). Absolute paths are kept either way.
       flow_type: ``"jpg"`` (4 columns) or ``"flo"`` (3 columns).
@@ -102,8 +104,12 @@ def read_lists(
     entries: list[ListEntry] = []
     skipped = 0
     for list_file in list_files:
-        if not os.path.isfile(list_file):
-            raise FileNotFoundError(f"list file {list_file} does not exist")
+        under_root = None if root is None else os.path.join(root, list_file)
+        if under_root is not None and os.path.isfile(under_root):
+            list_file = under_root
+        elif not os.path.isfile(list_file):
+            where = "" if under_root is None else f" (nor does {under_root})"
+            raise FileNotFoundError(f"list file {list_file} does not exist{where}")
         with open(list_file, encoding="utf-8") as f:
             for number, text in enumerate(f, start=1):
                 fields = text.split()

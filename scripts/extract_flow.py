@@ -4,6 +4,9 @@ Usage::
 
     python scripts/extract_flow.py --videos DIR --out DIR [--gap 5] [--resize 416] [--format jpg]
     python scripts/extract_flow.py --frames DIR --out DIR ...
+    python scripts/extract_flow.py --videos DIR --out DIR --val-fraction 0.2   # train.txt + val.txt
+
+It runs from a clone as is (it puts the repository root on ``sys.path``); no ``pip install`` is needed.
 
 Inputs: ``--videos`` is a video file or a folder searched recursively for video files (extensions in
 ``VIDEO_EXTENSIONS``; anything OpenCV/FFmpeg decodes). ``--frames`` is a folder whose immediate subfolders
@@ -18,19 +21,38 @@ frame t + gap is computed on grayscale frames (after the optional resize) with O
     flow/<input>/<t:06d>_<t+gap:06d>_x.jpg    --format jpg: the original's 8-bit pair, values clipped to
     flow/<input>/<t:06d>_<t+gap:06d>_y.jpg    +-50 px (--flow-ext png stores the 8 bits losslessly)
     <--list>                                   one line per pair in the original list format
-    extract_flow.json                          the settings that fix the files above
+    <--val-list>                               with --val-fraction > 0: the validation pairs
+    extract_flow.json                          the settings that fix the files above, and per list
+                                               the options that chose its pairs
 
 ``<input>`` is the video's path relative to ``--videos`` (extension included) or the sequence folder
 name; ``t`` counts the input's frames from 0. List paths are relative to ``--out`` (``--absolute-paths``
 writes absolute ones). Read the result with
 ``input_pipeline.lists.read_lists([OUT/LIST], root=OUT, flow_type=FORMAT)``.
 
+Time split (``--val-fraction F`` > 0): of each input's pairs, in time order, the last
+``max(1, round(F * n))`` go to ``--val-list`` (default ``val.txt``) and the training list (``--list``,
+default ``train.txt`` when splitting, ``list.txt`` otherwise) keeps only the pairs whose second frame lies
+more than ``--val-gap`` frames (default: GAP) before the first validation frame; the pairs in between are
+computed but listed nowhere. No training pair shares a frame with a validation pair, so validation
+frames are never trained on. ``--max-frames N`` uses only the first N frames of each input and
+``--max-pairs N`` its first N pairs (both before the split; use ``--step`` to spread pairs out).
+
+Warnings (printed above the progress bar, naming the input): a video whose header promises more frames
+than could be decoded (both counts given), and an input with fewer than GAP + 1 frames, which yields no
+pair. A run that lists no pair at all, or no training pair when splitting, exits with status 1 and says
+why, without rewriting the list files.
+
 Every file is written to a temporary name and renamed, so a killed run leaves no partial file. Running
 again with the same ``--out`` skips pairs whose files exist (a ``.flo`` must also have the right size)
 and only computes the rest; the list file is rewritten at the end. Runs with other ``--gap``/``--step``
 values can share ``--out`` (give each its own ``--list``); other ``--resize``/``--method``/``--format``/
-``--flow-ext`` values are refused. An input that cannot be decoded is reported, skipped and counted; the
-run exits with status 1 only if no input succeeded. The last line printed is the summary::
+``--flow-ext`` values are refused. The list files are always rewritten from the current options (gap,
+step, caps, split), which ``extract_flow.json`` records per list; a run that would rewrite one list of an
+earlier train/validation pair without the other (e.g. ``--list train.txt`` with no split, leaving a
+``val.txt`` whose frames the new ``train.txt`` would contain) is refused. An input that cannot be
+decoded is reported, skipped and counted; the run exits with status 1 if no input succeeded (or, as
+above, no pair was listed). The last line printed (on stdout) is the summary::
 
     videos ok: 12, failed: 1, pairs written: 3400, skipped existing: 0
 """
@@ -40,8 +62,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
+import pathlib
 import re
 import sys
 import time
@@ -51,7 +75,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from input_pipeline import flow_io
+# ``python scripts/extract_flow.py`` puts scripts/ on the path, not the repository root: add it, so the
+# script runs from a clone without installing the project.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from input_pipeline import flow_io  # noqa: E402
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .wmv .flv .3gp .ts .mts .m2ts .ogv .gif".split()
@@ -104,6 +132,18 @@ class Settings:
     flow_ext: str
     jpeg_quality: int
     absolute_paths: bool
+    max_frames: int | None = None
+    max_pairs: int | None = None
+    val_fraction: float = 0.0
+    val_gap: int = 0
+
+    @property
+    def frame_limit(self) -> int | None:
+        """Frames of each input used (from frame 0): ``--max-frames`` and ``--max-pairs`` combined."""
+        limits = [] if self.max_frames is None else [self.max_frames]
+        if self.max_pairs is not None:
+            limits.append((self.max_pairs - 1) * self.step + self.gap + 1)
+        return min(limits) if limits else None
 
 
 @dataclasses.dataclass
@@ -113,7 +153,10 @@ class Result:
     Attributes:
       task: the input.
       error: why the input failed, None if it succeeded.
-      lines: list-file lines of its pairs, in frame order (empty on failure).
+      lines: list-file lines of its (training, when splitting) pairs, in frame order (empty on failure).
+      val_lines: list-file lines of its validation pairs (``--val-fraction``), in frame order.
+      dropped: pairs computed but listed nowhere (between training and validation pairs).
+      warnings: messages about the input that did not stop it (each names it).
       written: pairs computed and written.
       skipped: pairs whose files already existed.
       clipped: flow values beyond +-50 px among those written (clipped in the jpg format).
@@ -123,6 +166,9 @@ class Result:
     task: Task
     error: str | None = None
     lines: list[str] = dataclasses.field(default_factory=list)
+    val_lines: list[str] = dataclasses.field(default_factory=list)
+    dropped: int = 0
+    warnings: list[str] = dataclasses.field(default_factory=list)
     written: int = 0
     skipped: int = 0
     clipped: int = 0
@@ -177,11 +223,19 @@ def _is_image(file: str) -> bool:
     return os.path.splitext(file)[1].lower() in IMAGE_EXTENSIONS
 
 
-def iter_frames(task: Task) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
+def iter_frames(
+    task: Task, limit: int | None = None, warn: Callable[[str], None] | None = None
+) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
     """Yields (frame index, loader) for every frame; the loader decodes it as uint8 (H, W, 3) BGR.
 
     A loader must be called before the iterator advances (videos are decoded sequentially); frames whose
     loader is never called are only demuxed, not converted.
+
+    Args:
+      task: the input.
+      limit: yield at most this many frames (None: all).
+      warn: receives a message when a video's header (``CAP_PROP_FRAME_COUNT``) promises more frames
+        than could be decoded (not checked when ``limit`` stopped the decoding).
 
     Raises:
       InputError: the video cannot be opened or yields no frame, the folder holds no image, or a frame
@@ -191,6 +245,7 @@ def iter_frames(task: Task) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
         files = sorted((f for f in os.listdir(task.path) if _is_image(f)), key=natural_key)
         if not files:
             raise InputError("no image files")
+        files = files[:limit]
         for index, file in enumerate(files):
             path = os.path.join(task.path, file)
 
@@ -206,8 +261,9 @@ def iter_frames(task: Task) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
     try:
         if not capture.isOpened():
             raise InputError("OpenCV cannot open it as a video")
+        promised = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # <= 0: unknown
         index = 0
-        while capture.grab():
+        while (limit is None or index < limit) and capture.grab():
 
             def load(index: int = index) -> np.ndarray:
                 ok, frame = capture.retrieve()
@@ -219,6 +275,11 @@ def iter_frames(task: Task) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
             index += 1
         if index == 0:
             raise InputError("no frame could be decoded")
+        if warn is not None and (limit is None or index < limit) and promised > index:
+            warn(
+                f"{task.path}: the video header promises {promised} frames but only {index} could be "
+                "decoded (truncated or damaged file?); the pairs of the decoded frames are used"
+            )
     finally:
         capture.release()
 
@@ -314,33 +375,76 @@ def process(task: Task, settings: Settings, on_pair: Callable[[], None]) -> Resu
     """
     result = Result(task)
     layout = Layout(settings, task.name)
-    gap, step = settings.gap, settings.step
+    gap, step, limit = settings.gap, settings.step, settings.frame_limit
     pending: dict[int, np.ndarray] = {}  # start t of incomplete pairs -> frame t (resized BGR)
     complete: set[int] = set()  # start t of pairs found complete
+    starts: list[int] = []  # start t of the pairs done, in order
+    frames = 0
     try:
-        for t, load in iter_frames(task):
+        for t, load in iter_frames(task, limit, result.warnings.append):
+            frames = t + 1
             frame = None
             first = t - gap
             if first >= 0 and first % step == 0:
                 if first in complete:
                     complete.remove(first)
                     result.skipped += 1
-                    result.lines.append(layout.line(first))
+                    starts.append(first)
                     on_pair()
                 elif first in pending:
                     frame = resize_short_side(load(), settings.resize)
                     _write_pair(layout, first, pending.pop(first), frame, result)
-                    result.lines.append(layout.line(first))
+                    starts.append(first)
                     on_pair()
-            if t % step == 0:
+            if t % step == 0 and (limit is None or t + gap < limit):
                 if layout.pair_complete(t):
                     complete.add(t)
                 else:
                     pending[t] = frame if frame is not None else resize_short_side(load(), settings.resize)
     except (InputError, cv2.error) as e:
         result.error = str(e).strip()
-        result.lines = []
+        return result
+    if not starts:
+        result.warnings.append(
+            f"{task.path}: {frames} frame(s), fewer than --gap + 1 = {gap + 1}: no pairs (lower --gap)"
+        )
+    train, val = split_pairs(starts, gap, settings.val_fraction, settings.val_gap)
+    if val and not train:
+        result.warnings.append(
+            f"{task.path}: only {len(starts)} pair(s): none is left for training after the "
+            f"{len(val)} validation pair(s) and the --val-gap of {settings.val_gap} frames"
+        )
+    result.lines = [layout.line(t) for t in train]
+    result.val_lines = [layout.line(t) for t in val]
+    result.dropped = len(starts) - len(train) - len(val)
     return result
+
+
+def split_pairs(
+    starts: list[int], gap: int, val_fraction: float, val_gap: int
+) -> tuple[list[int], list[int]]:
+    """Splits one input's pairs by time into training and validation pairs.
+
+    Args:
+      starts: first frames of the pairs (t, t + gap), increasing.
+      gap: frames between the two frames of a pair.
+      val_fraction: share of the pairs, the last ones, that go to validation (0: none).
+      val_gap: frames that must separate the last frame of a training pair from the first frame of a
+        validation pair (0: they must merely differ).
+
+    Returns:
+      (training starts, validation starts): the last ``max(1, round(val_fraction * n))`` pairs are the
+      validation pairs; the training pairs are the earlier ones with ``t + gap + val_gap < v``, ``v``
+      the first validation frame, so no frame of a training pair is within ``val_gap`` frames of a
+      validation frame. Pairs in between are in neither.
+    """
+    if val_fraction <= 0 or not starts:
+        return list(starts), []
+    count = len(starts)
+    num_val = min(count, max(1, math.floor(val_fraction * count + 0.5)))
+    val = list(starts[count - num_val :])
+    train = [t for t in starts[: count - num_val] if t + gap + val_gap < val[0]]
+    return train, val
 
 
 def _write_pair(layout: Layout, t: int, frame1: np.ndarray, frame2: np.ndarray, result: Result) -> None:
@@ -400,6 +504,8 @@ def run_all(tasks: list[Task], settings: Settings, workers: int, unit: str) -> l
 
     def finish(result: Result) -> None:
         results[result.task] = result
+        for warning in result.warnings:
+            tqdm.write(f"WARNING {warning}", file=sys.stderr)
         if result.error is not None:
             tqdm.write(f"FAILED {result.task.path}: {result.error}", file=sys.stderr)
         bar.set_postfix_str(f"{unit} {len(results)}/{len(tasks)}")
@@ -424,26 +530,89 @@ def run_all(tasks: list[Task], settings: Settings, workers: int, unit: str) -> l
     return [results[task] for task in tasks]
 
 
-def check_settings(settings: Settings) -> None:
+def list_records(settings: Settings, train_list: str, val_list: str | None) -> dict[str, dict]:
+    """The ``lists`` entries of ``extract_flow.json`` for the list files a run writes.
+
+    Args:
+      settings: the options.
+      train_list: the (training) list, relative to ``--out``.
+      val_list: the validation list when splitting, else None.
+
+    Returns:
+      {list name: the options that chose its pairs, its role and its partner}.
+    """
+    common = {
+        "gap": settings.gap,
+        "step": settings.step,
+        "max_frames": settings.max_frames,
+        "max_pairs": settings.max_pairs,
+        "val_fraction": settings.val_fraction,
+        "val_gap": settings.val_gap if val_list is not None else None,
+        "train_list": train_list,
+        "val_list": val_list,
+    }
+    if val_list is None:
+        return {train_list: {"role": "all", **common}}
+    return {train_list: {"role": "train", **common}, val_list: {"role": "val", **common}}
+
+
+def _settings_path(settings: Settings) -> str:
+    return os.path.join(settings.out, SETTINGS_FILE)
+
+
+def check_settings(settings: Settings, lists: dict[str, dict]) -> None:
     """Records the settings that fix the output files in ``--out``, or checks them against a previous run.
 
+    Also refuses to rewrite one list of a train/validation pair that an earlier run wrote without the
+    other in the same roles (the other would be left holding frames of the new list).
+
+    Args:
+      settings: the options.
+      lists: the list files this run will write (``list_records``).
+
     Raises:
-      SystemExit: ``--out`` holds outputs of other settings.
+      SystemExit: ``--out`` holds outputs of other settings, or the lists conflict.
     """
     fixed = {"resize": settings.resize, "method": settings.method, "format": settings.format}
     if settings.format == "jpg":
         fixed["flow_ext"] = settings.flow_ext
-    path = os.path.join(settings.out, SETTINGS_FILE)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            previous = json.load(f)
-        if previous != fixed:
-            raise SystemExit(
-                f"{settings.out} holds outputs made with {previous}, not {fixed}: use another --out or the "
-                "same options"
-            )
-    else:
+    path = _settings_path(settings)
+    if not os.path.isfile(path):
         flow_io.write_bytes_atomic(path, (json.dumps(fixed, indent=1) + "\n").encode())
+        return
+    with open(path, encoding="utf-8") as f:
+        previous = json.load(f)
+    previous_lists = previous.pop("lists", {})
+    if previous != fixed:
+        raise SystemExit(
+            f"{settings.out} holds outputs made with {previous}, not {fixed}: use another --out or the "
+            "same options"
+        )
+    roles = {name: record["role"] for name, record in lists.items()}
+    for name, record in previous_lists.items():
+        if record.get("val_list") is None or name not in roles:
+            continue
+        pair = {record["train_list"]: "train", record["val_list"]: "val"}
+        if roles != pair:
+            raise SystemExit(
+                f"{os.path.join(settings.out, name)} is the {record['role']} list of an earlier split "
+                f"(--list {record['train_list']} --val-list {record['val_list']} --val-fraction "
+                f"{record['val_fraction']}); rewriting it without its partner in the same role would leave "
+                "the other list holding frames of this one: split again with the same --list and "
+                "--val-list, choose other list names, or delete both lists and their entry in "
+                f"{path}"
+            )
+
+
+def record_lists(settings: Settings, lists: dict[str, dict]) -> None:
+    """Adds (or replaces) the entries of the lists just written to ``extract_flow.json`` (if changed)."""
+    path = _settings_path(settings)
+    with open(path, encoding="utf-8") as f:
+        recorded = json.load(f)
+    entries = recorded.setdefault("lists", {})
+    if any(entries.get(name) != record for name, record in lists.items()):
+        entries.update(lists)
+        flow_io.write_bytes_atomic(path, (json.dumps(recorded, indent=1) + "\n").encode())
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -508,14 +677,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workers", type=int, default=1, help="processes, one input at a time each (default %(default)s)"
     )
     parser.add_argument(
-        "--list", default="list.txt", help="list file path, relative to --out (default %(default)s)"
+        "--list",
+        default=None,
+        help="(training) list file path, relative to --out (default: train.txt with --val-fraction > 0, "
+        "else list.txt)",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="time split: the last fraction of each input's pairs goes to --val-list, after a gap of "
+        "--val-gap frames, so validation frames are never trained on (default %(default)s: no split)",
+    )
+    parser.add_argument(
+        "--val-list",
+        default="val.txt",
+        help="validation list file path, relative to --out, with --val-fraction > 0 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--val-gap",
+        type=int,
+        default=None,
+        help="frames between the last frame of a training pair and the first frame of a validation pair "
+        "must be more than this (default: GAP)",
+    )
+    parser.add_argument(
+        "--max-frames", type=int, default=None, help="use only the first N frames of each input (default all)"
+    )
+    parser.add_argument(
+        "--max-pairs",
+        type=int,
+        default=None,
+        help="use only the first N pairs of each input, before the split (default: all; --step spreads "
+        "them out)",
     )
     parser.add_argument("--absolute-paths", action="store_true", help="write absolute paths in the list")
     args = parser.parse_args(argv)
-    for name in ("gap", "step", "resize", "workers"):
+    for name in ("gap", "step", "resize", "workers", "max_frames", "max_pairs"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            parser.error(f"--{name} must be at least 1, got {value}")
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if not 0 <= args.val_fraction < 1:
+        parser.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if args.val_gap is not None and args.val_gap < 0:
+        parser.error(f"--val-gap must be at least 0, got {args.val_gap}")
+    if args.list is None:
+        args.list = "train.txt" if args.val_fraction > 0 else "list.txt"
+    args.list = os.path.normpath(args.list)
+    args.val_list = os.path.normpath(args.val_list)
+    if args.val_fraction > 0 and args.list == args.val_list:
+        parser.error(f"--list and --val-list are both {args.list}")
     if not 0 <= args.jpeg_quality <= 100:
         parser.error(f"--jpeg-quality must be in [0, 100], got {args.jpeg_quality}")
     source = args.videos if args.videos is not None else args.frames
@@ -527,7 +738,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the extraction; returns the exit status (1 if no input succeeded)."""
+    """Runs the extraction; returns the exit status (1 if no input succeeded or no pair was listed)."""
     args = parse_args(argv)
     settings = Settings(
         out=args.out,
@@ -539,24 +750,52 @@ def main(argv: list[str] | None = None) -> int:
         flow_ext=args.flow_ext,
         jpeg_quality=args.jpeg_quality,
         absolute_paths=args.absolute_paths,
+        max_frames=args.max_frames,
+        max_pairs=args.max_pairs,
+        val_fraction=args.val_fraction,
+        val_gap=args.gap if args.val_gap is None else args.val_gap,
     )
+    split = settings.val_fraction > 0
     unit = "videos" if args.videos is not None else "sequences"
     tasks = find_tasks(args.videos, args.frames)
     if not tasks:
         print(f"no {unit} found in {args.videos or args.frames}", file=sys.stderr)
         return 1
     os.makedirs(settings.out, exist_ok=True)
-    check_settings(settings)
+    records = list_records(settings, args.list, args.val_list if split else None)
+    check_settings(settings, records)
     results = run_all(tasks, settings, min(args.workers, len(tasks)), unit)
 
     lines = [line for r in results for line in r.lines]
-    list_path = os.path.join(settings.out, args.list)
-    flow_io.write_bytes_atomic(list_path, "".join(line + "\n" for line in lines).encode())
+    val_lines = [line for r in results for line in r.val_lines]
     ok = sum(r.error is None for r in results)
     written = sum(r.written for r in results)
     skipped = sum(r.skipped for r in results)
     values = sum(r.values for r in results)
-    print(f"list: {list_path} ({len(lines)} pairs, flow type {settings.format!r})")
+    error = None
+    if ok and not lines and not val_lines:
+        error = (
+            f"no pairs: every {unit[:-1]} that could be read has fewer than --gap + 1 = {settings.gap + 1} "
+            f"frames{' within --max-frames' if settings.max_frames else ''} (see the warnings above); lower "
+            "--gap. The list files were not rewritten."
+        )
+    elif ok and split and not lines:
+        error = (
+            f"no training pairs: the {len(val_lines)} pairs all went to validation or into the "
+            f"--val-gap of {settings.val_gap} frames; use longer {unit}, a lower --val-fraction or "
+            "--val-gap, or a smaller --step. The list files were not rewritten."
+        )
+    if ok and error is None:
+        outputs = [(args.list, lines)] + ([(args.val_list, val_lines)] if split else [])
+        for name, entries in outputs:
+            path = os.path.join(settings.out, name)
+            flow_io.write_bytes_atomic(path, "".join(line + "\n" for line in entries).encode())
+            role = "validation list" if name == args.val_list and split else "list"
+            print(f"{role}: {path} ({len(entries)} pairs, flow type {settings.format!r})")
+        record_lists(settings, records)
+        dropped = sum(r.dropped for r in results)
+        if split:
+            print(f"pairs between training and validation pairs, in no list: {dropped}")
     if values:
         clipped = 100 * sum(r.clipped for r in results) / values
         print(
@@ -566,6 +805,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{unit} ok: {ok}, failed: {len(results) - ok}, pairs written: {written}, skipped existing: {skipped}"
     )
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0 if ok else 1
 
 
