@@ -49,21 +49,40 @@ class TrainState(train_state.TrainState):
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> Callable[[Any], Any]:
-    """Step decay: ``lr * lr_decay ** (number of lr_steps <= step)``, step 0-based.
+    """The lr of a (0-based) step: optional linear warm-up, then step decay or cosine.
 
-    ``optim.lr_steps = ()`` means 2/3.5 and 3/3.5 of ``num_train_steps``, rounded.
+    ``optim.schedule = "step"`` (the original): ``lr * lr_decay ** (number of
+    lr_steps <= step)``; ``optim.lr_steps = ()`` means 2/3.5 and 3/3.5 of
+    ``num_train_steps``, rounded. ``"cosine"``: ``lr * 0.5 * (1 + cos(pi * t))``
+    with t going from 0 after the warm-up to 1 at ``num_train_steps``.
+    ``optim.warmup_steps = n > 0`` multiplies the first n steps' lr by
+    ``(step + 1) / n``.
     """
+    kind = config.optim.get("schedule", "step")
+    warmup = int(config.optim.get("warmup_steps", 0))
+    if kind not in ("step", "cosine"):
+        raise ValueError(f'optim.schedule must be "step" or "cosine", got {kind!r}')
+    if warmup < 0:
+        raise ValueError(f"optim.warmup_steps must be >= 0, got {warmup}")
     steps = tuple(config.optim.lr_steps) or tuple(
         round(config.num_train_steps * f) for f in (2 / 3.5, 3 / 3.5)
     )
-    if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+    if kind == "step" and any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
         raise ValueError(f"optim.lr_steps must increase, got {steps}")
     base, decay = float(config.optim.lr), float(config.optim.lr_decay)
     boundaries = jnp.asarray(steps, jnp.int32)
+    cosine_steps = max(int(config.num_train_steps) - warmup, 1)
 
     def schedule(step):
-        reached = jnp.sum(jnp.asarray(step, jnp.int32) >= boundaries)
-        return base * decay ** reached.astype(jnp.float32)
+        step = jnp.asarray(step, jnp.int32)
+        if kind == "step":
+            lr = base * decay ** jnp.sum(step >= boundaries).astype(jnp.float32)
+        else:
+            t = jnp.clip((step - warmup).astype(jnp.float32) / cosine_steps, 0.0, 1.0)
+            lr = base * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+        if warmup:
+            lr = lr * jnp.minimum(1.0, (step + 1).astype(jnp.float32) / warmup)
+        return lr
 
     return schedule
 

@@ -16,6 +16,9 @@ state, RNG and data position), then train ``num_train_steps`` steps, logging
 train metrics every ``log_every_steps``, evaluating every ``eval_every_steps``
 and saving every ``checkpoint_every_steps`` and at the end. Metrics go to
 TensorBoard event files and ``workdir/metrics.jsonl`` (process 0 only).
+Evaluation is ``cmp_jax.evaluation``'s (``evaluator.Evaluator``); after the
+last one, ``evaluation.report_summary`` prints the summary table and writes
+its ``summary/...`` ratios.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from cmp_jax import checkpoint, evaluation, parallel
+from cmp_jax.evaluation.evaluator import Evaluator
 from cmp_jax.flow import FlowBins, logits_to_flow
 from cmp_jax.jsonl_writer import JsonlWriter
 from cmp_jax.losses import discrete_flow_loss
@@ -59,8 +63,6 @@ __all__ = [
     "train_and_evaluate",
     "train_step",
 ]
-
-_BASELINES = ("zero", "nearest", "splat")
 
 
 def train_step(
@@ -121,7 +123,7 @@ def eval_step(
     *,
     bins: FlowBins,
     axis_name: str | None = None,
-) -> tuple[dict[str, jax.Array], jax.Array]:
+) -> tuple[dict[str, jax.Array], jax.Array, dict[str, jax.Array]]:
     """Loss and end-point-error sums of the model and of baseline flows on one batch.
 
     Args:
@@ -132,10 +134,12 @@ def eval_step(
       axis_name: device axis to sum over, or ``None``.
 
     Returns:
-      (sums, flow): ``loss_sum`` and ``images`` plus ``evaluation.epe_sums`` of
-      the soft-argmax flow (keys ``epe/...``) and of each baseline (keys
-      ``epe_<name>/...``), summed over the devices; and the predicted flow
-      (B, H, W, 2) in pixels.
+      (sums, flow, image_epe): ``loss_sum`` and ``images`` plus
+      ``evaluation.epe_sums`` of the soft-argmax flow (keys ``epe/...``) and of
+      each baseline (keys ``epe_<name>/...``), summed over the devices; the
+      predicted flow (B, H, W, 2) in pixels; and ``evaluation.image_epe``, the
+      mean EPE of each image of this device, (B,), of the model (key ``epe``)
+      and of each baseline (``epe_<name>``), not summed.
     """
     logits = state.apply_fn(
         {"params": state.params, "batch_stats": state.batch_stats},
@@ -149,97 +153,13 @@ def eval_step(
     n = jnp.asarray(target.shape[0], jnp.float32)
     sums = {"loss_sum": discrete_flow_loss(logits, target, bins) * n, "images": n}
     sums.update({f"epe/{k}": v for k, v in evaluation.epe_sums(flow, target).items()})
+    image_epe = {"epe": evaluation.image_epe(flow, target)}
     for name, baseline in baselines.items():
         sums.update({f"epe_{name}/{k}": v for k, v in evaluation.epe_sums(baseline, target).items()})
+        image_epe[f"epe_{name}"] = evaluation.image_epe(baseline, target)
     if axis_name is not None:
         sums = jax.lax.psum(sums, axis_name)
-    return sums, flow
-
-
-def baseline_flows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Zero, nearest-guidance and Gaussian-splat (sigma 20 px) flows of a device-shaped batch.
-
-    Args:
-      batch: host arrays shaped (D, B, H, W, C).
-
-    Returns:
-      name -> (D, B, H, W, 2) float32 flow in pixels.
-    """
-    sparse = np.asarray(batch["sparse"])
-    mask = np.asarray(batch["mask"])
-    flat_sparse = sparse.reshape(-1, *sparse.shape[2:])
-    flat_mask = mask.reshape(-1, *mask.shape[2:])
-    return {
-        "zero": np.zeros_like(sparse),
-        "nearest": evaluation.nearest_guidance_flow(flat_sparse, flat_mask).reshape(sparse.shape),
-        "splat": evaluation.gaussian_splat_flow(flat_sparse, flat_mask).reshape(sparse.shape),
-    }
-
-
-def _summarize(sums: Mapping[str, float]) -> dict[str, float]:
-    """Means from accumulated eval sums: ``eval/loss``, ``eval/epe``, ``eval/epe_nearest/0-10``, ..."""
-    out = {"eval/loss": sums["loss_sum"] / max(sums["images"], 1.0)}
-    for prefix in ["epe"] + [f"epe_{name}" for name in _BASELINES]:
-        part = {k[len(prefix) + 1 :]: v for k, v in sums.items() if k.startswith(prefix + "/")}
-        if part:
-            out.update({f"eval/{k}": v for k, v in evaluation.summarize_epe(part, prefix).items()})
-    return out
-
-
-class _Evaluator:
-    """Runs the eval set through the pmapped ``eval_step``; caches the baselines' sums.
-
-    The eval pipeline is deterministic (centre crops, guidance seeded by sample
-    number), so the baselines, which do not depend on the model, are computed
-    on the first pass only.
-    """
-
-    def __init__(self, config: ml_collections.ConfigDict, bins: FlowBins):
-        self.config = config
-        self.local_batch = parallel.local_batch_size(config.eval_batch_size, "eval_batch_size")
-        self.dataset, source = _create_dataset(config, "eval", self.local_batch)
-        batches = source.size // self.local_batch
-        if config.num_eval_batches > 0:
-            batches = min(batches, config.num_eval_batches)
-        if batches < 1:
-            raise ValueError(
-                f"the validation set of this process has {source.size} examples, fewer than one "
-                f"eval batch ({self.local_batch}); lower config.eval_batch_size"
-            )
-        self.num_batches = batches
-        self.p_eval = parallel.pmap_step(functools.partial(eval_step, bins=bins), donate_state=False)
-        self.baseline_sums: dict[str, float] | None = None
-
-    def __call__(self, state: TrainState) -> tuple[dict[str, float], np.ndarray | None]:
-        """Eval metrics (``eval/...``) and pictures of the first batch (process 0)."""
-        totals: dict[str, float] = {}
-        baseline_totals: dict[str, float] = {}
-        pictures = None
-        for i, batch in enumerate(self.dataset.take(self.num_batches).as_numpy_iterator()):
-            inputs = {k: batch[k] for k in ("image", "sparse", "mask", "flow", "num_guides")}
-            baselines = baseline_flows(inputs) if self.baseline_sums is None else {}
-            sums, flow = self.p_eval(state, inputs, baselines)
-            sums = jax.device_get(parallel.first_replica(sums))
-            for k, v in sums.items():
-                target = baseline_totals if k.startswith("epe_") else totals
-                target[k] = target.get(k, 0.0) + float(v)
-            if i == 0 and self.config.num_pictures > 0:
-                pictures = _pictures(inputs, jax.device_get(flow), self.config.num_pictures)
-        if self.baseline_sums is None:
-            self.baseline_sums = baseline_totals
-        return _summarize({**totals, **self.baseline_sums}), pictures
-
-
-def _pictures(batch: Mapping[str, np.ndarray], flow: np.ndarray, count: int) -> np.ndarray:
-    """Image | target | prediction panels of the first ``count`` examples of this process."""
-
-    def flat(x):
-        x = np.asarray(x)
-        return x.reshape(-1, *x.shape[2:])[:count]
-
-    return evaluation.flow_pictures(
-        flat(batch["image"]), flat(batch["flow"]), flat(flow), flat(batch["mask"])
-    )
+    return sums, flow, image_epe
 
 
 def _create_dataset(config: ml_collections.ConfigDict, split: str, local_batch: int, start_step: int = 0):
@@ -305,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     writer = _create_writer(workdir)
     if start == 0:
         writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
-    evaluator = _Evaluator(config, bins)
+    evaluator = Evaluator(config, functools.partial(eval_step, bins=bins))
     train_ds, _ = _create_dataset(config, "train", local_batch, start_step=start)
     p_train = parallel.pmap_step(functools.partial(train_step, bins=bins, schedule=schedule))
     state = parallel.replicate(state)
@@ -369,6 +289,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 if history:
                     _check_finite(parallel.first_replica(history[-1]), step, ckpt)
                 save(step)
+        if eval_metrics:  # the last evaluation is the final one (at step total, or 0 without steps)
+            evaluation.report_summary(writer, max(start, total), eval_metrics)
     finally:  # pending checkpoint writes complete even when training stops on an error
         ckpt.close()
         writer.close()

@@ -39,10 +39,11 @@ def get_config() -> ml_collections.ConfigDict:
     # ResNet dilation pattern: "cmp" (every block of a dilated layer dilated, as
     # the original) or "torchvision" (first block keeps the previous dilation).
     config.model.dilation_style = "cmp"
-    # Convolution formulation: "xla" (lax.conv; the native path on GPU/TPU) or
-    # "taps" (a sum of per-tap matmuls, same parameters; about 2x faster training
-    # steps on the 2-core development CPU, 1.35-1.4x PyTorch's speed there).
-    config.model.conv_impl = "xla"
+    # Convolution formulation: "xla" (lax.conv; the native path on GPU/TPU),
+    # "taps" (a sum of per-tap matmuls, same parameters; XLA:CPU computes its
+    # gradients faster than lax.conv's) or "auto": "taps" when JAX's backend is
+    # the CPU, "xla" otherwise (decided once and logged).
+    config.model.conv_impl = "auto"
 
     # --- flow quantisation: cmp_jax.flow.FlowBins(**config.flow)
     config.flow = ml_collections.ConfigDict()
@@ -125,6 +126,12 @@ def get_config() -> ml_collections.ConfigDict:
     # num_train_steps, rounded (the paper's schedule).
     config.optim.lr_steps = (24_000, 36_000)
     config.optim.lr_decay = 0.1
+    # "step" (the original: the decay above) or "cosine" (lr * (1 + cos(pi t)) / 2,
+    # t from 0 after the warm-up to 1 at num_train_steps; lr_steps unused).
+    config.optim.schedule = "step"
+    # Linear warm-up: the first warmup_steps steps' lr is scaled by (step + 1) /
+    # warmup_steps (0: none, as the original).
+    config.optim.warmup_steps = 0
 
     # --- train
     # Global batch over all devices of all processes (original: per-GPU batch x

@@ -1,4 +1,4 @@
-"""Tests of cmp_jax.evaluation: EPE sums and means, baselines, flow pictures."""
+"""Tests of cmp_jax.evaluation: EPE sums and means, baselines, flow pictures, the summary table."""
 
 import functools
 import math
@@ -12,12 +12,15 @@ from cmp_jax import evaluation
 from cmp_jax.evaluation import (
     MAGNITUDE_RANGE_NAMES,
     MAGNITUDE_RANGES,
+    baselines,
     denormalize_image,
     epe_sums,
     flow_pictures,
     gaussian_splat_flow,
+    image_epe,
     nearest_guidance_flow,
     summarize_epe,
+    summarize_eval,
 )
 from cmp_jax.flow import flow_to_color
 
@@ -163,7 +166,7 @@ def test_gaussian_splat_flow_lone_point_keeps_its_vector_within_reach():
     sparse[0, 2, 0] = (7.5, -3.0)
     mask[0, 2, 0] = 1.0
     got = gaussian_splat_flow(sparse, mask, sigma=sigma)
-    reach = int(evaluation._SPLAT_TRUNCATE * sigma + 0.5)  # scipy's kernel radius
+    reach = int(baselines._SPLAT_TRUNCATE * sigma + 0.5)  # scipy's kernel radius
     np.testing.assert_allclose(
         got[0, :, : reach + 1], np.broadcast_to(sparse[0, 2, 0], (5, reach + 1, 2)), rtol=1e-6
     )
@@ -206,3 +209,101 @@ def test_flow_pictures_panels():
     fixed = flow_pictures(image, target, pred, mask, max_flow=40.0)
     np.testing.assert_array_equal(fixed[0, :, w : 2 * w], flow_to_color(target[0], max_flow=40.0))
     assert np.any(fixed[0, :, w : 2 * w] != pictures[0, :, w : 2 * w])
+
+
+def test_image_epe_is_the_mean_over_each_image():
+    pred, target = _random_flow_pair(np.random.default_rng(7))
+    got = jax.jit(image_epe)(jnp.asarray(pred), jnp.asarray(target))
+    want = np.linalg.norm(pred.astype(np.float64) - target, axis=-1).mean(axis=(1, 2))
+    assert got.shape == (pred.shape[0],) and got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+    # Summed over images and scaled by the pixels per image, it is epe_sums' total.
+    sums = epe_sums(jnp.asarray(pred), jnp.asarray(target))
+    np.testing.assert_allclose(float(got.sum()) * pred[0, ..., 0].size, float(sums["epe_sum"]), rtol=1e-5)
+
+
+def test_summarize_eval_means_of_model_and_baselines():
+    pred, target = _random_flow_pair(np.random.default_rng(8))
+    model = _reference_sums(pred, target)
+    nearest = _reference_sums(np.zeros_like(pred), target)
+    sums = {"loss_sum": 6.0, "images": 4.0}
+    sums.update({f"epe/{k}": v for k, v in model.items()})
+    sums.update({f"epe_nearest/{k}": v for k, v in nearest.items()})
+    got = summarize_eval(sums)
+    assert got["eval/loss"] == 1.5
+    assert got["eval/epe"] == pytest.approx(model["epe_sum"] / model["count"])
+    assert got["eval/epe_nearest/10-40"] == pytest.approx(nearest["epe_sum/10-40"] / nearest["count/10-40"])
+    assert not any(k.startswith(("eval/epe_zero", "eval/epe_splat")) for k in got)  # absent baselines
+
+
+def _hand_metrics() -> dict:
+    """Eval metrics as metrics.jsonl records them: the 40+ range empty (null / NaN)."""
+    return {
+        "eval/loss": 3.2,
+        "eval/epe": 1.5,
+        "eval/epe/0-10": 0.8,
+        "eval/epe/10-40": 9.73,
+        "eval/epe/40+": math.nan,
+        "eval/epe_zero": 2.5,
+        "eval/epe_zero/0-10": 1.25,
+        "eval/epe_zero/10-40": 10.5,
+        "eval/epe_zero/40+": None,
+        "eval/epe_nearest": 2.0,
+        "eval/epe_nearest/0-10": 1.6,
+        "eval/epe_nearest/10-40": 3.89,
+        "eval/epe_nearest/40+": math.nan,
+        "eval/epe_splat": 2.25,
+        "eval/epe_splat/0-10": 1.75,
+        "eval/epe_splat/10-40": 4.0,
+        # "eval/epe_splat/40+" missing altogether
+        "eval/frac_below_nearest": 0.625,
+    }
+
+
+def test_format_summary_table_from_a_hand_built_dict():
+    table = evaluation.format_summary(_hand_metrics())
+    assert table.splitlines() == [
+        "| EPE (px) | all | 0-10 px | 10-40 px | 40+ px |",
+        "| --- | --- | --- | --- | --- |",
+        "| model | 1.500 | 0.800 | 9.730 | - |",
+        "| zero | 2.500 | 1.250 | 10.500 | - |",
+        "| nearest | 2.000 | 1.600 | 3.890 | - |",
+        "| splat | 2.250 | 1.750 | 4.000 | - |",
+        "| model / nearest | 0.750 | 0.500 | 2.501 | - |",
+        "images where the model's EPE is below nearest fill's: 0.625",
+    ]
+    # Without baselines or the per-image fraction: dashes, no fraction line, no error.
+    bare = evaluation.format_summary({"eval/epe": 1.0, "eval/epe/0-10": 1.0})
+    assert bare.splitlines()[2] == "| model | 1.000 | 1.000 | - | - |"
+    assert bare.splitlines()[-1] == "| model / nearest | - | - | - | - |"
+
+
+def test_summary_scalars_ratios_to_nearest():
+    got = evaluation.summary_scalars(_hand_metrics())
+    assert set(got) == {
+        "summary/epe_over_nearest",
+        "summary/epe_over_nearest/0-10",
+        "summary/epe_over_nearest/10-40",
+        "summary/epe_over_nearest/40+",
+        "summary/frac_below_nearest",
+    }
+    assert got["summary/epe_over_nearest"] == 0.75 and got["summary/epe_over_nearest/0-10"] == 0.5
+    assert got["summary/epe_over_nearest/10-40"] == pytest.approx(9.73 / 3.89)
+    assert math.isnan(got["summary/epe_over_nearest/40+"])
+    assert got["summary/frac_below_nearest"] == 0.625
+    zero_nearest = evaluation.summary_scalars({"eval/epe": 1.0, "eval/epe_nearest": 0.0})
+    assert math.isnan(zero_nearest["summary/epe_over_nearest"])
+
+
+def test_report_summary_prints_and_writes_the_ratios(capsys):
+    written = []
+
+    class Writer:
+        def write_scalars(self, step, scalars):
+            written.append((step, dict(scalars)))
+
+    evaluation.report_summary(Writer(), 1300, _hand_metrics())
+    out = capsys.readouterr().out
+    assert "summary of the eval at step 1300:" in out
+    assert evaluation.format_summary(_hand_metrics()) in out
+    np.testing.assert_equal(written, [(1300, evaluation.summary_scalars(_hand_metrics()))])  # NaN == NaN

@@ -433,3 +433,23 @@ def test_local_batch_size_names_the_config_field():
 def test_train_and_evaluate_rejects_a_batch_that_does_not_divide(tmp_path):
     with pytest.raises(ValueError, match=r"config\.batch_size=6\b"):
         train.train_and_evaluate(tiny_config(batch_size=6), tmp_path)
+
+
+def test_end_of_training_summary_row_and_table(full_run):
+    records = _records(full_run.workdir)
+    summary = [r for r in records if any(k.startswith("summary/") for k in r)]
+    assert len(summary) == 1 and summary[0]["step"] == full_run.config.num_train_steps
+    assert records[-1] is summary[0]  # written after the final eval
+    metrics = full_run.eval_metrics
+    assert 0.0 <= metrics["eval/frac_below_nearest"] <= 1.0
+    assert summary[0]["summary/frac_below_nearest"] == metrics["eval/frac_below_nearest"]
+    assert summary[0]["summary/epe_over_nearest"] == pytest.approx(
+        metrics["eval/epe"] / metrics["eval/epe_nearest"], rel=1e-12
+    )
+    for name in ("0-10", "10-40", "40+"):
+        ratio = summary[0][f"summary/epe_over_nearest/{name}"]  # null for a range without pixels
+        model, nearest = metrics[f"eval/epe/{name}"], metrics[f"eval/epe_nearest/{name}"]
+        if math.isnan(model) or math.isnan(nearest):
+            assert ratio is None, name
+        else:
+            assert ratio == pytest.approx(model / nearest, rel=1e-12), name

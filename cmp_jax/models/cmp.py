@@ -44,8 +44,9 @@ class CMP(nn.Module):
       dtype: compute dtype (parameters stay float32).
       bn_axis_name: pmap axis for synchronised BatchNorm, or ``None``.
       dilation_style: ResNet dilation pattern, ``"cmp"`` or ``"torchvision"``.
-      conv_impl: convolution formulation, ``"xla"`` or ``"taps"`` (faster on CPU;
-        see ``ModelOps``); the parameters are the same.
+      conv_impl: convolution formulation, ``"auto"`` (taps on the CPU backend,
+        xla on GPU/TPU), ``"xla"`` or ``"taps"`` (see ``ModelOps``); the
+        parameters are the same.
     """
 
     backbone: str = "resnet50"
@@ -59,7 +60,7 @@ class CMP(nn.Module):
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
     dilation_style: str = "cmp"
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
 
     @property
     def stride(self) -> int:

@@ -15,9 +15,10 @@ Two initialisation schemes are available (``ModelOps.init``):
   as torchvision initialises ResNets; BatchNorm scale 1, shift 0, biases 0.
 
 Two formulations of the convolution are available (``ModelOps.conv_impl``),
-with identical parameters:
+with identical parameters; ``"auto"`` (the default) picks ``"taps"`` when JAX's
+default backend is the CPU and ``"xla"`` on GPU/TPU (``resolve_conv_impl``):
 
-* ``"xla"`` (default): ``lax.conv_general_dilated``.
+* ``"xla"``: ``lax.conv_general_dilated``.
 * ``"taps"``: ``tap_conv``, a k x k convolution written as the sum over its
   k * k taps of a 2-D matmul (N * H' * W', C_in) @ (C_in, C_out) of a strided,
   shifted slice of the padded input; a 1x1 convolution is a single matmul.
@@ -32,16 +33,18 @@ with identical parameters:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import logging
 from jax import lax
 
 INIT_SCHEMES = ("original", "he")
-CONV_IMPLS = ("xla", "taps")
+CONV_IMPLS = ("auto", "xla", "taps")
 # Below this many input channels a k x k "taps" convolution (k > 1) uses lax.conv.
 TAP_MIN_CHANNELS = 16
 
@@ -52,6 +55,31 @@ _BN_SCALE_STD = 0.02
 def _bn_scale_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
     """Draws BatchNorm scales from N(1, 0.02), the original's global re-init."""
     return 1.0 + _BN_SCALE_STD * jax.random.normal(key, shape, dtype)
+
+
+@functools.cache
+def _auto_conv_impl(backend: str) -> str:
+    impl = "taps" if backend == "cpu" else "xla"
+    logging.info('conv_impl "auto": %r on the %s backend', impl, backend)
+    return impl
+
+
+def resolve_conv_impl(conv_impl: str) -> str:
+    """The concrete convolution formulation of ``conv_impl``.
+
+    Args:
+      conv_impl: one of ``CONV_IMPLS``.
+
+    Returns:
+      ``"xla"`` or ``"taps"``: ``"auto"`` becomes ``"taps"`` on the CPU backend
+      and ``"xla"`` elsewhere (decided from ``jax.default_backend()`` and logged
+      once per backend); the others are returned unchanged.
+    """
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"unknown conv_impl {conv_impl!r}; choose one of {CONV_IMPLS}")
+    if conv_impl == "auto":
+        return _auto_conv_impl(jax.default_backend())
+    return conv_impl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,20 +94,20 @@ class ModelOps:
         pmap/shard_map axis (synchronised BN). ``None`` keeps them per device,
         as the original does.
       conv_impl: convolution formulation, one of ``CONV_IMPLS``: ``"xla"``
-        (``lax.conv_general_dilated``) or ``"taps"`` (``tap_conv``). Same
-        parameters and function; only speed and rounding differ.
+        (``lax.conv_general_dilated``), ``"taps"`` (``tap_conv``) or ``"auto"``
+        (``resolve_conv_impl``: taps on CPU, xla on GPU/TPU). Same parameters
+        and function; only speed and rounding differ.
     """
 
     init: str = "original"
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
 
     def __post_init__(self):
         if self.init not in INIT_SCHEMES:
             raise ValueError(f"unknown init scheme {self.init!r}; choose one of {INIT_SCHEMES}")
-        if self.conv_impl not in CONV_IMPLS:
-            raise ValueError(f"unknown conv_impl {self.conv_impl!r}; choose one of {CONV_IMPLS}")
+        resolve_conv_impl(self.conv_impl)
 
     def kernel_init(self) -> nn.initializers.Initializer:
         """Returns the conv kernel initialiser of the chosen scheme."""
@@ -124,7 +152,7 @@ class ModelOps:
             param_dtype=jnp.float32,
             kernel_init=self.kernel_init(),
             bias_init=nn.initializers.zeros,
-            conv_general_dilated=tap_conv if self.conv_impl == "taps" else None,
+            conv_general_dilated=tap_conv if resolve_conv_impl(self.conv_impl) == "taps" else None,
             name=name,
         )
 
