@@ -19,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 
 from cmp_jax import parallel
 from cmp_jax import state as state_lib
@@ -65,6 +66,27 @@ class Evaluator:
         self.config = config
         self.local_batch = parallel.local_batch_size(config.eval_batch_size, "eval_batch_size")
         self.dataset, source = pipeline.create_from_config(config, "eval", local_batch=self.local_batch)
+        if source.size < self.local_batch:
+            # A small validation set (e.g. a few videos' val.txt) is not a dead end: the batch shrinks
+            # to the largest multiple of the local device count that it fills.
+            devices = jax.local_device_count()
+            if source.size < devices:
+                raise ValueError(
+                    f"the validation set of this process has {source.size} examples, fewer than its "
+                    f"{devices} local devices: at least {devices} are needed for one eval batch"
+                )
+            clamped = source.size // devices * devices
+            logging.warning(
+                "config.eval_batch_size=%d gives this process eval batches of %d, more than its %d "
+                "validation examples: evaluating with batches of %d per process (eval_batch_size=%d)",
+                config.eval_batch_size,
+                self.local_batch,
+                source.size,
+                clamped,
+                clamped * jax.process_count(),
+            )
+            self.local_batch = clamped
+            self.dataset, source = pipeline.create_from_config(config, "eval", local_batch=clamped)
         batches = source.size // self.local_batch
         if config.num_eval_batches > 0:
             batches = min(batches, config.num_eval_batches)
