@@ -15,7 +15,7 @@ import pytest
 from cmp_jax.flow import FlowBins
 from cmp_jax.losses import discrete_flow_loss
 from cmp_jax.models import CMP
-from cmp_jax.models.layers import TAP_MIN_CHANNELS, ModelOps, tap_conv
+from cmp_jax.models.layers import TAP_MIN_CHANNELS, ModelOps, _auto_conv_impl, resolve_conv_impl, tap_conv
 from tests.helpers import random_inputs, random_variables
 
 
@@ -154,3 +154,20 @@ def test_whole_model_taps_matches_xla():
         assert float(jnp.abs(g - r).max()) <= 5e-5 * scale, jax.tree_util.keystr(path)
     # The taps model keeps lax.conv only for the RGB and guidance stems.
     assert _count_convs(models["taps"].apply, variables, *inputs) == 2
+
+
+def test_auto_is_taps_on_cpu_and_xla_elsewhere():
+    assert jax.default_backend() == "cpu"
+    assert resolve_conv_impl("auto") == "taps"
+    assert _auto_conv_impl("gpu") == "xla"
+    assert _auto_conv_impl("tpu") == "xla"
+    assert [resolve_conv_impl(impl) for impl in ("xla", "taps")] == ["xla", "taps"]
+    with pytest.raises(ValueError, match="conv_impl"):
+        resolve_conv_impl("fft")
+    # The default model takes the taps path here: only the two thin stems stay on lax.conv.
+    model = CMP(backbone="resnet18", decoder_combo=(1, 2), num_bins=9)
+    assert model.conv_impl == "auto"
+    inputs = random_inputs(1, 64, 64, seed=1, density=0.05)
+    variables = jax.eval_shape(model.init, jax.random.key(0), *inputs)
+    assert _count_convs(model.apply, variables, *inputs) == 2
+    assert _count_convs(model.clone(conv_impl="xla").apply, variables, *inputs) > 20
