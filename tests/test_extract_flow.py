@@ -5,6 +5,7 @@ flow over a gap of g frames is g * SHIFT everywhere; it is compared with the ext
 through ``input_pipeline.lists``, away from the border (BORDER px) where content enters the view.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -172,3 +173,139 @@ def test_no_input_found(tmp_path):
     (tmp_path / "empty").mkdir()
     log, _ = _run("--videos", tmp_path / "empty", "--out", tmp_path / "out", expect_rc=1)
     assert "no videos found" in log
+
+
+def _load_script():
+    """scripts/extract_flow.py as a module (for its pure functions)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("extract_flow_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _list_frames(path):
+    """(lines, set of the frame paths of every line) of a list file."""
+    lines = path.read_text().splitlines()
+    frames = set()
+    for line in lines:
+        frames.update(line.split()[:2])
+    return lines, frames
+
+
+def _index(frame):
+    return int(os.path.splitext(os.path.basename(frame))[0])
+
+
+def test_split_pairs():
+    split_pairs = _load_script().split_pairs
+    starts = list(range(0, 23, 2))  # 12 pairs (t, t + 2)
+    assert split_pairs(starts, 2, 0.0, 2) == (starts, [])
+    # 3 validation pairs (from frame 18); training pairs end more than 2 frames before frame 18.
+    assert split_pairs(starts, 2, 0.25, 2) == ([0, 2, 4, 6, 8, 10, 12], [18, 20, 22])
+    assert split_pairs(starts, 2, 0.25, 0) == ([0, 2, 4, 6, 8, 10, 12, 14], [18, 20, 22])
+    # Overlapping pairs (step 1, gap 3): no training pair reaches the validation frames.
+    train, val = split_pairs(list(range(10)), 3, 0.2, 0)
+    assert val == [8, 9] and train == [0, 1, 2, 3, 4] and max(train) + 3 < min(val)
+    # A single pair goes to validation (at least one validation pair per input).
+    assert split_pairs([0], 5, 0.1, 5) == ([], [0])
+    assert split_pairs([], 5, 0.5, 5) == ([], [])
+
+
+def test_time_split_caps_resume_and_refusal(tmp_path):
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    videos.mkdir()
+    _write_video(videos / "a.avi", _frames(30))
+    args = ["--videos", videos, "--out", out, "--gap", 2, "--format", "flo"]
+
+    # 25 frames -> pairs 0, 2, ..., 22; validation 18, 20, 22; training 0..12 (12 + 2 + 2 < 18).
+    log, counts = _run(*args, "--val-fraction", 0.25, "--max-frames", 25)
+    assert counts == {"ok": 1, "failed": 0, "written": 12, "skipped": 0}, log
+    assert "in no list: 2" in log
+    train, train_frames = _list_frames(out / "train.txt")
+    val, val_frames = _list_frames(out / "val.txt")
+    assert (len(train), len(val)) == (7, 3)
+    assert not train_frames & val_frames
+    assert max(map(_index, train_frames)) + 2 < min(map(_index, val_frames)) == 18
+    assert not (out / "list.txt").exists()
+    recorded = json.loads((out / "extract_flow.json").read_text())["lists"]
+    assert recorded["train.txt"]["role"] == "train" and recorded["val.txt"]["role"] == "val"
+    assert recorded["val.txt"]["val_fraction"] == 0.25 and recorded["val.txt"]["max_frames"] == 25
+    _epes(out / "val.txt", out, "flo", 2 * SHIFT)
+
+    # Other caps on the same lists: both lists are rewritten together, nothing is recomputed.
+    # 6 pairs (0..10): validation 8, 10; training 0, 2 (2 + 2 + 2 < 8).
+    log, counts = _run(*args, "--val-fraction", 0.25, "--max-pairs", 6)
+    assert counts == {"ok": 1, "failed": 0, "written": 0, "skipped": 6}, log
+    assert [_index(line.split()[0]) for line in (out / "train.txt").read_text().splitlines()] == [0, 2]
+    assert [_index(line.split()[0]) for line in (out / "val.txt").read_text().splitlines()] == [8, 10]
+    assert json.loads((out / "extract_flow.json").read_text())["lists"]["train.txt"]["max_pairs"] == 6
+
+    # Rewriting one list of the split without the other is refused; another list name is fine.
+    for other in (["--list", "train.txt"], ["--list", "val.txt"]):
+        log, _ = _run(*args, *other, expect_rc=1)
+        assert "earlier split" in log, log
+    assert len((out / "train.txt").read_text().splitlines()) == 2
+    _, counts = _run(*args, "--max-pairs", 3)
+    assert counts["skipped"] == 3 and len((out / "list.txt").read_text().splitlines()) == 3
+
+
+def test_truncated_and_too_short_videos(tmp_path):
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    videos.mkdir()
+    _write_video(videos / "truncated.avi", _frames(20))
+    data = (videos / "truncated.avi").read_bytes()
+    (videos / "truncated.avi").write_bytes(data[: len(data) // 2])  # the header still says 20 frames
+    capture = cv2.VideoCapture(str(videos / "truncated.avi"))
+    promised, decoded = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0
+    while capture.grab():
+        decoded += 1
+    capture.release()
+    assert promised == 20 and 4 < decoded < 20, (promised, decoded)
+    _write_video(videos / "short.avi", _frames(3))
+
+    log, counts = _run("--videos", videos, "--out", out, "--gap", 4)
+    assert counts == {"ok": 2, "failed": 0, "written": (decoded - 4 + 3) // 4, "skipped": 0}, log
+    assert re.search(rf"WARNING \S*truncated\.avi: .*promises 20 frames but only {decoded} ", log), log
+    assert re.search(r"WARNING \S*short\.avi: 3 frame\(s\), fewer than --gap \+ 1 = 5: no pairs", log), log
+
+    # Only the short video: no pair at all is an error, and no list is written.
+    log, counts = _run("--videos", videos / "short.avi", "--out", tmp_path / "out2", "--gap", 4, expect_rc=1)
+    assert counts["written"] == 0 and "error: no pairs" in log, log
+    assert not (tmp_path / "out2" / "list.txt").exists()
+    # Splitting a video too short to leave a training pair is an error too.
+    log, _ = _run(
+        "--videos", videos / "short.avi", "--out", tmp_path / "out3", "--gap", 1, "--val-fraction", 0.5,
+        expect_rc=1,
+    )  # fmt: skip
+    assert "error: no training pairs" in log, log
+
+
+def test_runs_without_installing_the_project(tmp_path):
+    """``python scripts/extract_flow.py`` from another folder, with site-packages but no .pth files.
+
+    ``-S`` skips ``site`` (so an editable install's path hook is not loaded); PYTHONPATH gives the
+    third-party packages back. The script must find ``input_pipeline`` from its own location.
+    """
+    import site
+    import sysconfig
+
+    _write_video(tmp_path / "clip.avi", _frames(3))
+    paths = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)))
+    check = subprocess.run(
+        [sys.executable, "-S", "-c", "import input_pipeline"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert check.returncode != 0, "input_pipeline importable without the repository: the test proves nothing"
+    proc = subprocess.run(
+        [sys.executable, "-S", SCRIPT, "--videos", "clip.avi", "--out", "out", "--gap", "1"],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len((tmp_path / "out" / "list.txt").read_text().splitlines()) == 2
