@@ -7,6 +7,8 @@ Usage::
     python scripts/benchmark.py train_step [--backbone B] [--decoder D] [--batch N] [--size S]
         [--repeats R] [--threads T] [--variants xla-f32,taps-f32,xla-bf16,taps-bf16]
     python scripts/benchmark.py inference [--backbone B] [--decoder D] [--size S] [--sets G] [--repeats R]
+    python scripts/benchmark.py propagation --workdir W [--config C | --lists L [L ...] [--root R]
+        [--flow-type jpg|flo]] [--num-batches N] [--batch-size B] [--step S]
 
 Subcommands:
 
@@ -42,6 +44,28 @@ Subcommands:
   MOFA-Video does). Both jitted and warmed up, host preparation included on
   both sides, timed in alternating rounds; medians. Also prints the largest
   difference between the two flows. Last line ``speedup <X>x``.
+* ``propagation``: not a speed benchmark but how well a trained model
+  propagates: evaluates the newest checkpoint (or ``--step``) of the training
+  workdir ``--workdir`` (its ``config.json`` gives the model) on a validation
+  set, with ``cmp_jax.evaluation.evaluator.evaluate_workdir`` (the training
+  loop's evaluator, pmapped over the local devices; centre crops, guidance
+  seeded as in training). The data: ``--config C``, an experiment config file
+  (``configs/*.py``) whose ``data`` and ``guidance`` groups (source, lists or
+  synthetic generator, resize and crop, sampler) replace the workdir's; or
+  ``--lists L ...`` (with ``--root``, ``--flow-type``), list files replacing
+  the workdir config's ``data.val_lists``; or neither: the workdir's own
+  validation set. ``--num-batches`` (default: the whole set) and
+  ``--batch-size`` (default: the workdir's ``eval_batch_size``; a multiple of
+  the local device count) bound the work. Prints the EPE of the model and of
+  the zero, nearest-guidance and Gaussian-splat baselines, overall and per
+  target-magnitude range, the model's ratio to nearest fill, and the fraction
+  of images whose per-image EPE is below nearest fill's (the table the
+  training loop prints at its end); last line ``epe_over_nearest <R>``
+  (``eval/epe / eval/epe_nearest``). It writes nothing into the workdir. This
+  is the supported way to evaluate a finished workdir, on its own or on other
+  data: restarting ``main.py`` with ``num_train_steps`` equal to the last step
+  does not evaluate (the start-of-run eval runs at step 0 only) and rewrites
+  the workdir's ``config.json`` with the new data.
 
 Each subcommand is a ``(help, add_arguments, run)`` entry of ``COMMANDS``.
 BLAS/OpenMP pools are limited to one thread before NumPy is imported, so
@@ -473,6 +497,85 @@ def run_inference(args: argparse.Namespace) -> None:
     print(f"speedup {baseline / ours:.2f}x")
 
 
+def _add_propagation_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", required=True, help="training workdir (config.json, checkpoints/)")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument(
+        "--config", default=None, help="experiment config file whose data and guidance define the eval data"
+    )
+    data.add_argument("--lists", nargs="+", default=None, help="list files replacing data.val_lists")
+    parser.add_argument("--root", default=None, help="data.root for --lists (default: the workdir's)")
+    parser.add_argument(
+        "--flow-type",
+        choices=("jpg", "flo"),
+        default=None,
+        help="data.flow_type for --lists (default: the workdir's)",
+    )
+    parser.add_argument("--num-batches", type=int, default=-1, help="eval batches (-1: the whole set)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="eval batch over all devices (default: the workdir's)"
+    )
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+
+
+def _load_config_file(path: str):
+    """``get_config()`` of a config file (as ``main.py --config=path`` reads it, without overrides)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_propagation_config", path)
+    if spec is None or spec.loader is None:
+        sys.exit(f"cannot read the config file {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def _describe_data(config) -> str:
+    data = config.data
+    crop = data.crop_size if isinstance(data.crop_size, int) else "x".join(str(c) for c in data.crop_size)
+    if data.source == "lists":
+        what = f"lists {', '.join(data.val_lists)} (root {data.root}, flow {data.flow_type})"
+    elif data.source == "synthetic":
+        what = f"synthetic (val_size {data.synthetic.val_size}, val_seed {data.synthetic.val_seed})"
+    else:
+        what = f"tfds {data.tfds.name} split {data.tfds.val_split}"
+    return f"{what}, short side {data.short_size}, centre crop {crop}"
+
+
+def run_propagation(args: argparse.Namespace) -> None:
+    """Model vs zero / nearest / splat on a validation set: the summary table, then epe_over_nearest."""
+    if (args.root is not None or args.flow_type is not None) and not args.lists:
+        sys.exit("--root and --flow-type apply to --lists")
+    import tensorflow as tf
+
+    # TensorFlow only reads the data: keep it off the accelerators JAX uses.
+    tf.config.experimental.set_visible_devices([], "GPU")
+    tf.config.experimental.set_visible_devices([], "TPU")
+
+    from cmp_jax import evaluation
+    from cmp_jax import state as state_lib
+    from cmp_jax.evaluation import evaluator
+
+    config = evaluator.eval_config(
+        state_lib.read_config(args.workdir),
+        _load_config_file(args.config) if args.config else None,
+        lists=args.lists,
+        root=args.root,
+        flow_type=args.flow_type,
+        batch_size=args.batch_size,
+        num_batches=args.num_batches,
+    )
+    metrics, info = evaluator.evaluate_workdir(args.workdir, config, step=args.step)
+    print(
+        f"{args.workdir}: checkpoint of step {info['step']}, {config.model.backbone} + "
+        f"{config.model.decoder} decoder; {info['images']} images on {info['devices']} device(s)"
+    )
+    print(f"data: {_describe_data(config)}")
+    print(evaluation.format_summary(metrics))
+    ratio = evaluation.summary_scalars(metrics)["summary/epe_over_nearest"]
+    print(f"epe_over_nearest {ratio:.3f}")
+
+
 COMMANDS = {
     "sampler": ("guidance sampler vs the SciPy oracle", _add_sampler_arguments, run_sampler),
     "pipeline": ("list-file tf.data pipeline on 1 and 2 cores", _add_pipeline_arguments, run_pipeline),
@@ -483,6 +586,11 @@ COMMANDS = {
     ),
     "train_step": ("jitted JAX train step vs the PyTorch twin", _add_train_step_arguments, run_train_step),
     "inference": ("encode once + propagate many vs full forwards", _add_inference_arguments, run_inference),
+    "propagation": (
+        "a trained workdir's EPE vs zero / nearest / splat on any validation data",
+        _add_propagation_arguments,
+        run_propagation,
+    ),
 }
 
 
