@@ -14,14 +14,20 @@ gives the flow's size and largest magnitude.
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 
 import numpy as np
 
-from cmp_jax.apps import cli
-from cmp_jax.evaluation import draw_guidance
-from cmp_jax.flow import flow_to_color
-from cmp_jax.inference import arrows_to_guidance
-from input_pipeline import flow_io
+# ``python scripts/predict.py`` puts scripts/ on the path, not the repository root: add it, so the
+# script runs from a clone without installing the project.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from cmp_jax.apps import cli  # noqa: E402
+from cmp_jax.evaluation import draw_guidance  # noqa: E402
+from cmp_jax.flow import flow_to_color  # noqa: E402
+from cmp_jax.inference import arrows_to_guidance  # noqa: E402
+from input_pipeline import flow_io  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
