@@ -488,6 +488,27 @@ def _crop_size(value: Any) -> tuple[int, int]:
     return (int(value[0]), int(value[1]))
 
 
+# Fields of ``config.data.synthetic`` that are not ``SyntheticConfig`` fields.
+_SYNTHETIC_SOURCE_FIELDS = ("train_size", "val_size", "train_seed", "val_seed")
+
+
+def synthetic_config(fields: Any) -> synthetic.SyntheticConfig:
+    """The generator that ``config.data.synthetic`` describes.
+
+    Every field but the sizes and seeds (``train_size``, ``val_size``,
+    ``train_seed``, ``val_seed``) is passed to ``SyntheticConfig``.
+
+    Raises:
+      ValueError: naming a field that ``SyntheticConfig`` does not have.
+    """
+    kwargs = {k: v for k, v in dict(fields).items() if k not in _SYNTHETIC_SOURCE_FIELDS}
+    known = {f.name for f in dataclasses.fields(synthetic.SyntheticConfig)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(f"unknown config.data.synthetic fields {unknown}; accepted: {sorted(known)}")
+    return synthetic.SyntheticConfig(**kwargs)
+
+
 def source_from_config(config: Any, split: str, process_index: int = 0, process_count: int = 1) -> Source:
     """The ``Source`` that ``config.data`` names for ``split`` (``"train"`` or ``"eval"``)."""
     data = config.data
@@ -499,12 +520,7 @@ def source_from_config(config: Any, split: str, process_index: int = 0, process_
         )
     if data.source == "synthetic":
         syn = data.synthetic
-        gen = synthetic.SyntheticConfig(
-            height=syn.height,
-            width=syn.width,
-            max_object_shift=syn.max_object_shift,
-            max_camera_shift=syn.max_camera_shift,
-        )
+        gen = synthetic_config(syn)
         size = syn.train_size if train else syn.val_size
         return synthetic_source(
             gen, size, syn.train_seed if train else syn.val_seed, process_index, process_count

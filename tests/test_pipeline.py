@@ -250,6 +250,18 @@ def test_synthetic_config_source():
         pipeline.create_from_config(config, "train", local_batch=4, local_devices=2)
 
 
+def test_synthetic_fields_reach_the_generator():
+    config = base.get_config()
+    config.data.synthetic.max_object_radius = 0.3
+    config.data.synthetic.max_objects = 2
+    gen = pipeline.synthetic_config(config.data.synthetic)
+    assert (gen.max_object_radius, gen.max_objects) == (0.3, 2)
+    assert (gen.height, gen.max_object_shift) == (416, 30.0)
+    config.data.synthetic.max_object_speed = 3.0
+    with pytest.raises(ValueError, match="max_object_speed"):
+        pipeline.synthetic_config(config.data.synthetic)
+
+
 def test_list_shards_have_equal_sizes(tmp_path):
     list_file = _write_list_dataset(str(tmp_path), n=5)
     sizes = [pipeline.list_source([list_file], str(tmp_path), "jpg", False, p, 2).size for p in (0, 1)]
