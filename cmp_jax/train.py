@@ -166,15 +166,24 @@ def _create_dataset(config: ml_collections.ConfigDict, split: str, local_batch: 
     return pipeline.create_from_config(config, split, local_batch=local_batch, start_step=start_step)
 
 
-def _check_finite(metrics: Mapping[str, Any], step: int, ckpt: checkpoint.Checkpointer) -> None:
-    loss = float(np.asarray(metrics["loss"]))
-    if not math.isfinite(loss):
-        last = ckpt.latest_step()
-        kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint"
-        raise FloatingPointError(
-            f"training loss is {loss} at step {step}: stopping; {kept} in {ckpt.directory}. "
-            "Lower optim.lr, or check the data for corrupt flow (data.skip_bad_examples)."
-        )
+def _check_finite(history: list[Mapping[str, Any]], first_step: int, ckpt: checkpoint.Checkpointer) -> None:
+    """Raises ``FloatingPointError`` naming the first step of ``history`` whose loss is not finite.
+
+    Args:
+      history: host metrics of consecutive steps, the first being ``first_step``.
+      first_step: step number of ``history[0]``.
+      ckpt: the checkpointer, to name the last good checkpoint.
+    """
+    for offset, metrics in enumerate(history):
+        loss = float(np.asarray(metrics["loss"]))
+        if not math.isfinite(loss):
+            last = ckpt.latest_step()
+            kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint"
+            raise FloatingPointError(
+                f"training loss is {loss} at step {first_step + offset}: stopping; {kept} in "
+                f"{ckpt.directory}. Lower optim.lr, or check the data for corrupt flow "
+                "(data.skip_bad_examples)."
+            )
 
 
 def _create_writer(workdir: pathlib.Path) -> metric_writers.MetricWriter:
@@ -266,16 +275,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         history: list[dict[str, jax.Array]] = []
         tick, tick_step = time.perf_counter(), start
         batches: Iterable[dict[str, np.ndarray]] = train_ds.as_numpy_iterator()
+        # Steps are dispatched without waiting for their results; the losses are
+        # fetched (and checked) together at each logging step and before a save.
         for step, batch in zip(range(start + 1, total + 1), batches, strict=False):
             state, metrics = p_train(state, batch)
-            if history:  # the previous step's loss, which is ready by now
-                _check_finite(parallel.first_replica(history[-1]), step - 1, ckpt)
             history.append(metrics)
             progress(step, time.perf_counter())
             last = step == total
             if step % config.log_every_steps == 0 or last:
                 values = jax.device_get([parallel.first_replica(m) for m in history])
-                _check_finite(values[-1], step, ckpt)
+                _check_finite(values, tick_step + 1, ckpt)
                 elapsed = time.perf_counter() - tick
                 scalars = {f"train/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
                 scalars["train/lr"] = float(values[-1]["lr"])
@@ -286,8 +295,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             if (config.eval_every_steps and step % config.eval_every_steps == 0) or last:
                 eval_metrics = run_eval(step)
             if step % config.checkpoint_every_steps == 0 or last:
-                if history:
-                    _check_finite(parallel.first_replica(history[-1]), step, ckpt)
+                pending = jax.device_get([parallel.first_replica(m) for m in history])
+                _check_finite(pending, tick_step + 1, ckpt)
                 save(step)
         if eval_metrics:  # the last evaluation is the final one (at step total, or 0 without steps)
             evaluation.report_summary(writer, max(start, total), eval_metrics)

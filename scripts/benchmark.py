@@ -254,12 +254,13 @@ _DTYPES = {"f32": "float32", "bf16": "bfloat16"}
 
 
 def _default_variants() -> str:
-    """The four variants, the base config's (conv_impl, dtype) first."""
+    """The four variants, the base config's (conv_impl as resolved on this backend, dtype) first."""
+    from cmp_jax.models.layers import resolve_conv_impl
     from configs import base
 
     model = base.get_config().model
     dtype = {v: k for k, v in _DTYPES.items()}.get(model.dtype, "f32")
-    first = f"{model.get('conv_impl', 'xla')}-{dtype}"
+    first = f"{resolve_conv_impl(model.get('conv_impl', 'xla'))}-{dtype}"
     return ",".join([first] + [v for v in _TRAIN_VARIANTS if v != first])
 
 
