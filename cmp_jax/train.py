@@ -72,6 +72,7 @@ def train_step(
     bins: FlowBins,
     schedule: Callable[[Any], Any],
     axis_name: str | None = None,
+    motion_weight: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on the discrete flow loss.
 
@@ -82,6 +83,8 @@ def train_step(
       bins: flow quantisation of the loss.
       schedule: lr of a step (logged; the optimiser has its own copy).
       axis_name: device axis to average gradients and metrics over, or ``None``.
+      motion_weight: pixel weighting of the loss by target magnitude
+        (``losses.discrete_flow_loss``; 0 = the original's plain mean).
 
     Returns:
       (new state, metrics): ``loss``, ``lr`` (of this step) and ``num_guides``
@@ -101,7 +104,7 @@ def train_step(
             mutable=["batch_stats"],
             rngs={"dropout": rng},
         )
-        return discrete_flow_loss(logits, batch["flow"], bins), updates
+        return discrete_flow_loss(logits, batch["flow"], bins, motion_weight), updates
 
     (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = {
@@ -236,7 +239,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
     evaluator = Evaluator(config, functools.partial(eval_step, bins=bins))
     train_ds, _ = _create_dataset(config, "train", local_batch, start_step=start)
-    p_train = parallel.pmap_step(functools.partial(train_step, bins=bins, schedule=schedule))
+    p_train = parallel.pmap_step(
+        functools.partial(train_step, bins=bins, schedule=schedule, motion_weight=config.loss.motion_weight)
+    )
     state = parallel.replicate(state)
 
     def run_eval(step: int) -> dict[str, float]:

@@ -96,6 +96,12 @@ def get_config() -> ml_collections.ConfigDict:
     # translations; they do not scale with the image size.
     config.data.synthetic.max_object_shift = 30.0
     config.data.synthetic.max_camera_shift = 8.0
+    # Objects per example (uniform in [min, max]) and their radii as fractions of
+    # min(height, width); the other generator fields keep SyntheticConfig's defaults.
+    config.data.synthetic.min_objects = 1
+    config.data.synthetic.max_objects = 5
+    config.data.synthetic.min_object_radius = 0.07
+    config.data.synthetic.max_object_radius = 0.2
     # A prepared TFDS dataset (data.source = "tfds"); see input_pipeline/tfds_builder.
     config.data.tfds = ml_collections.ConfigDict()
     config.data.tfds.name = "cmp_flow/lists"
@@ -132,6 +138,12 @@ def get_config() -> ml_collections.ConfigDict:
     # Linear warm-up: the first warmup_steps steps' lr is scaled by (step + 1) /
     # warmup_steps (0: none, as the original).
     config.optim.warmup_steps = 0
+
+    # --- loss: cmp_jax.losses.discrete_flow_loss (training; eval/loss stays unweighted)
+    config.loss = ml_collections.ConfigDict()
+    # 0 (original): every pixel counts the same. w > 0: pixel weights 1 + w * |flow|
+    # (|flow| in pixels), normalised over the batch, so fast pixels count more.
+    config.loss.motion_weight = 0.0
 
     # --- train
     # Global batch over all devices of all processes (original: per-GPU batch x

@@ -74,3 +74,33 @@ def test_loss_is_float32_for_bfloat16_logits():
 def test_loss_rejects_wrong_channel_count():
     with pytest.raises(ValueError, match="198 logit channels"):
         discrete_flow_loss(jnp.zeros((1, 2, 2, 10)), jnp.zeros((1, 8, 8, 2)), FlowBins())
+
+
+def test_motion_weight_weights_pixels_by_target_magnitude():
+    rng = np.random.default_rng(4)
+    bins = FlowBins(num_bins=9, fmax=8.0)
+    logits = rng.standard_normal((2, 3, 3, 18)).astype(np.float32)
+    flow = rng.uniform(-10, 10, (2, 12, 12, 2)).astype(np.float32)
+    weight = 1.0 + 0.25 * np.linalg.norm(flow, axis=-1)
+    # The by-hand reference: per-pixel NLL of both axes, weighted average.
+    up = _numpy_resize_align_corners(logits.astype(np.float64), 12, 12)
+    idx = np.asarray(bins.quantize(jnp.asarray(flow)))
+    nll = np.zeros(flow.shape[:3])
+    for axis in range(2):
+        z = up[..., axis * 9 : (axis + 1) * 9]
+        logp = z - z.max(-1, keepdims=True)
+        logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+        nll -= np.take_along_axis(logp, idx[..., axis, None], -1)[..., 0]
+    want = float((nll * weight).sum() / weight.sum())
+    got = float(discrete_flow_loss(jnp.asarray(logits), jnp.asarray(flow), bins, motion_weight=0.25))
+    assert got == pytest.approx(want, rel=1e-5)
+    plain = float(discrete_flow_loss(jnp.asarray(logits), jnp.asarray(flow), bins))
+    assert plain == pytest.approx(float(nll.mean()), rel=1e-5)
+    assert abs(got - plain) > 1e-3  # the weighting changes the value
+    # Static targets: every weight is 1, the plain mean.
+    still = np.zeros_like(flow)
+    assert float(discrete_flow_loss(jnp.asarray(logits), jnp.asarray(still), bins, 0.5)) == pytest.approx(
+        float(discrete_flow_loss(jnp.asarray(logits), jnp.asarray(still), bins)), rel=1e-6
+    )
+    with pytest.raises(ValueError, match="motion_weight"):
+        discrete_flow_loss(jnp.asarray(logits), jnp.asarray(flow), bins, motion_weight=-1.0)
