@@ -73,6 +73,7 @@ def train_step(
     schedule: Callable[[Any], Any],
     axis_name: str | None = None,
     motion_weight: float = 0.0,
+    label_sigma: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on the discrete flow loss.
 
@@ -85,6 +86,8 @@ def train_step(
       axis_name: device axis to average gradients and metrics over, or ``None``.
       motion_weight: pixel weighting of the loss by target magnitude
         (``losses.discrete_flow_loss``; 0 = the original's plain mean).
+      label_sigma: Gaussian soft targets over the bins, in pixels
+        (``losses.discrete_flow_loss``; 0 = the original's one-hot bins).
 
     Returns:
       (new state, metrics): ``loss``, ``lr`` (of this step) and ``num_guides``
@@ -104,7 +107,7 @@ def train_step(
             mutable=["batch_stats"],
             rngs={"dropout": rng},
         )
-        return discrete_flow_loss(logits, batch["flow"], bins, motion_weight), updates
+        return discrete_flow_loss(logits, batch["flow"], bins, motion_weight, label_sigma), updates
 
     (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = {
@@ -240,7 +243,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     evaluator = Evaluator(config, functools.partial(eval_step, bins=bins))
     train_ds, _ = _create_dataset(config, "train", local_batch, start_step=start)
     p_train = parallel.pmap_step(
-        functools.partial(train_step, bins=bins, schedule=schedule, motion_weight=config.loss.motion_weight)
+        functools.partial(
+            train_step,
+            bins=bins,
+            schedule=schedule,
+            motion_weight=config.loss.motion_weight,
+            label_sigma=config.loss.label_sigma,
+        )
     )
     state = parallel.replicate(state)
 

@@ -144,6 +144,9 @@ def get_config() -> ml_collections.ConfigDict:
     # 0 (original): every pixel counts the same. w > 0: pixel weights 1 + w * |flow|
     # (|flow| in pixels), normalised over the batch, so fast pixels count more.
     config.loss.motion_weight = 0.0
+    # 0 (original): one-hot bin targets. s > 0: Gaussian targets over the bin
+    # centres with standard deviation s pixels around the exact flow value.
+    config.loss.label_sigma = 0.0
 
     # --- train
     # Global batch over all devices of all processes (original: per-GPU batch x

@@ -104,3 +104,31 @@ def test_motion_weight_weights_pixels_by_target_magnitude():
     )
     with pytest.raises(ValueError, match="motion_weight"):
         discrete_flow_loss(jnp.asarray(logits), jnp.asarray(flow), bins, motion_weight=-1.0)
+
+
+def test_label_sigma_gives_gaussian_targets_over_the_bins():
+    rng = np.random.default_rng(5)
+    bins = FlowBins(num_bins=9, fmax=9.0)  # centres -8, -6, ..., 8
+    logits = rng.standard_normal((1, 2, 2, 18)).astype(np.float32)
+    flow = rng.uniform(-11, 11, (1, 6, 6, 2)).astype(np.float32)  # some beyond the range
+    up = _numpy_resize_align_corners(logits.astype(np.float64), 6, 6)
+    centres = np.arange(9) * 2.0 - 8.0
+    want = 0.0
+    for axis in range(2):
+        z = up[..., axis * 9 : (axis + 1) * 9]
+        logp = z - z.max(-1, keepdims=True)
+        logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+        v = np.clip(flow[..., axis], -9.0, 9.0)[..., None]
+        q = np.exp(-((centres - v) ** 2) / (2 * 1.5**2))
+        q = q / q.sum(-1, keepdims=True)
+        want -= (q * logp).sum(-1).mean()
+    got = float(discrete_flow_loss(jnp.asarray(logits), jnp.asarray(flow), bins, label_sigma=1.5))
+    assert got == pytest.approx(want, rel=1e-5)
+    # A narrow Gaussian is the one-hot target of the value's bin (values away from bin edges).
+    inner = np.round(flow / 2.0) * 2.0 + 0.1
+    inner = np.clip(inner, -7.9, 7.9)
+    narrow = discrete_flow_loss(jnp.asarray(logits), jnp.asarray(inner), bins, label_sigma=0.05)
+    onehot = discrete_flow_loss(jnp.asarray(logits), jnp.asarray(inner), bins)
+    assert float(narrow) == pytest.approx(float(onehot), rel=1e-4)
+    with pytest.raises(ValueError, match="label_sigma"):
+        discrete_flow_loss(jnp.asarray(logits), jnp.asarray(flow), bins, label_sigma=-0.5)
