@@ -58,6 +58,8 @@ def get_config():
     # lr scaled down for the small batch (the original's 0.1 is for 160 images).
     config.optim.lr = 0.02
     config.optim.schedule = "cosine"
+    # Only read by the "step" schedule: () = 2/3.5 and 3/3.5 of num_train_steps.
+    config.optim.lr_steps = ()
     config.eval_batch_size = 16
     config.eval_every_steps = 500
     config.eval_at_start = True
