@@ -419,6 +419,28 @@ def test_learning_rate_schedule_default_steps():
         assert float(default(i)) == float(explicit(i)), i
 
 
+def test_learning_rate_schedule_cosine_and_warmup():
+    config = base.get_config()
+    config.num_train_steps = 20
+    config.optim.lr = 0.2
+    config.optim.schedule = "cosine"
+    config.optim.warmup_steps = 4
+    schedule = train.learning_rate_schedule(config)
+    lrs = np.array([float(schedule(i)) for i in range(21)])
+    t = np.clip((np.arange(21) - 4) / 16, 0, 1)
+    expected = 0.2 * 0.5 * (1 + np.cos(np.pi * t)) * np.minimum(1, (np.arange(21) + 1) / 4)
+    np.testing.assert_allclose(lrs, expected, rtol=1e-5, atol=1e-7)
+    assert lrs[0] == pytest.approx(0.05) and lrs[4] == pytest.approx(0.2) and lrs[20] == pytest.approx(0)
+    # Warm-up on top of the step decay; lr_steps are not read by the cosine schedule.
+    config.optim.schedule = "step"
+    config.optim.lr_steps = (10,)
+    step = train.learning_rate_schedule(config)
+    assert [round(float(step(i)), 6) for i in (0, 3, 9, 10)] == [0.05, 0.2, 0.2, 0.02]
+    config.optim.schedule = "linear"
+    with pytest.raises(ValueError, match="optim.schedule"):
+        train.learning_rate_schedule(config)
+
+
 def test_local_batch_size_names_the_config_field():
     assert jax.local_device_count() == 4 and jax.process_count() == 1
     assert parallel.local_batch_size(8) == 8
