@@ -61,6 +61,8 @@ def tiny_config(**overrides):
     config.eval_batch_size = 4
     config.num_pictures = 1
     config.num_train_steps = 4
+    # Step decay: the resume tests change num_train_steps between runs, which a cosine schedule follows.
+    config.optim.schedule = "step"
     config.optim.lr_steps = (3,)
     config.eval_every_steps = 0
     config.eval_at_start = False
