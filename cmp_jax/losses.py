@@ -57,7 +57,8 @@ def discrete_flow_loss(
         raise ValueError(f"motion_weight and label_sigma must be >= 0, got {motion_weight}, {label_sigma}")
     logits = resize_bilinear_align_corners(logits.astype(jnp.float32), flow.shape[1:3])
     flow = flow.astype(jnp.float32)
-    targets = bins.quantize(flow)
+    if not label_sigma:
+        targets = bins.quantize(flow)
     if motion_weight:
         weight = 1.0 + motion_weight * jnp.linalg.norm(flow, axis=-1)
         weight = weight / jnp.sum(weight)
