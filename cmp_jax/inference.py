@@ -26,10 +26,14 @@ once (``jax.jit``).
 The model classifies each flow component into bins over +-``fmax`` (50 px in
 the original), so it cannot express longer motions. A guidance set whose
 largest arrow component exceeds ``max_arrow`` (0.8 * fmax by default) is run
-at a reduced scale s = max_arrow / largest component: the image and the arrow
-positions and vectors are scaled by s, the predicted flow is resized back to
-the image size and divided by s. The image is encoded at that scale once and
-cached in the ``Features``.
+at a reduced scale s = max_arrow / largest component (rounded down to a
+multiple of 1/64): the image and the arrow positions and vectors are scaled by
+s, the predicted flow is resized back to the image size and divided by s. The
+image is encoded at that scale once and cached in the ``Features``. Scales
+below ``MIN_SCALE`` (1/8) are refused: an arrow with a component longer than
+max_arrow / MIN_SCALE (8 * max_arrow, 320 px with the default 40) raises a
+``ValueError`` naming it, as at such scales the image shrinks to a few pixels
+and the flow resized back from them is meaningless.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ from cmp_jax.flow import FlowBins, logits_to_flow
 from cmp_jax.models import CMP, build_model
 
 Arrows = Sequence[Sequence[float]] | np.ndarray
+
+# Smallest scale a guidance set runs at (module docstring): longer arrows are refused.
+MIN_SCALE = 1 / 8
 
 
 def normalize_images(images: np.ndarray) -> np.ndarray:
@@ -270,8 +277,9 @@ class Predictor:
           float32 (G, H, W, 2) flow in pixels, (dx, dy).
 
         Raises:
-          ValueError: for bad arrows (naming the arrow and its set), shapes
-            that do not match the image, or a G that does not fit N.
+          ValueError: for bad arrows (naming the arrow and its set), among
+            them arrows longer than ``longest_arrow``, shapes that do not
+            match the image, or a G that does not fit N.
         """
         h, w = features.size
         if (arrows is None) == (sparse is None and mask is None):
@@ -283,6 +291,7 @@ class Predictor:
                     sets.append(arrows_to_guidance(a, h, w))
                 except ValueError as e:
                     raise ValueError(f"guidance set {g}: {e}") from None
+                self._check_length(g, np.asarray(a, np.float64).reshape(-1, 4), numbered=True)
             if not sets:
                 raise ValueError("arrows holds no guidance set")
             sparse = np.stack([s for s, _ in sets])
@@ -297,6 +306,8 @@ class Predictor:
                     f"sparse and mask must be (G, {h}, {w}, 2) for {h}x{w} images, "
                     f"got {sparse.shape} and {mask.shape}"
                 )
+            for g, (s, m) in enumerate(zip(sparse, mask, strict=True)):
+                self._check_length(g, guidance_to_arrows(s, m), numbered=False)
         g = sparse.shape[0]
         if features.batch not in (1, g):
             raise ValueError(f"{g} guidance sets for {features.batch} images: give 1 image or {g}")
@@ -307,12 +318,38 @@ class Predictor:
             flow[idx] = self._run(features, float(scale), sparse[idx], mask[idx], idx)
         return flow
 
+    @property
+    def longest_arrow(self) -> float:
+        """Largest arrow component in pixels that ``propagate`` accepts: ``max_arrow / MIN_SCALE``."""
+        return self.max_arrow / MIN_SCALE
+
+    def _check_length(self, g: int, arrows: np.ndarray, numbered: bool) -> None:
+        """Raises naming the first arrow (x, y, dx, dy) of set ``g`` longer than ``longest_arrow``.
+
+        ``numbered``: name it by its index in ``arrows`` (given by the caller), else by its pixel.
+        """
+        longest = np.abs(arrows[:, 2:]).max(axis=1, initial=0.0)
+        too_long = np.nonzero(longest > self.longest_arrow)[0]
+        if too_long.size == 0:
+            return
+        i = int(too_long[0])
+        x, y, dx, dy = arrows[i]
+        which = f"arrow {i}" if numbered else "the arrow"
+        raise ValueError(
+            f"guidance set {g}: {which} at (x={x:g}, y={y:g}) with vector (dx={dx:g}, dy={dy:g}) is too "
+            f"long: a {longest[i]:g} px component would need the image run at scale "
+            f"{self.max_arrow / longest[i]:.3g}, below the floor MIN_SCALE = 1/{1 / MIN_SCALE:g}; arrow "
+            f"components can be at most max_arrow / MIN_SCALE = {self.longest_arrow:g} px "
+            f"(max_arrow = {self.max_arrow:g} px)"
+        )
+
     def _scale(self, sparse: np.ndarray, mask: np.ndarray) -> float:
         largest = float(np.max(np.abs(sparse) * (mask > 0), initial=0.0))
         if largest <= self.max_arrow:
             return 1.0
-        # Rounded down to 1/64 so that nearby lengths share a compiled shape and an encoding.
-        return max(math.floor(self.max_arrow / largest * 64) / 64, 1 / 64)
+        # Rounded down to 1/64 so that nearby lengths share a compiled shape and an encoding;
+        # propagate refused arrows longer than longest_arrow, so only float rounding meets the floor.
+        return max(math.floor(self.max_arrow / largest * 64) / 64, MIN_SCALE)
 
     def _run(self, features: Features, scale: float, sparse, mask, idx) -> np.ndarray:
         h, w = features.size

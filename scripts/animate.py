@@ -18,6 +18,7 @@ printed gives the frame count and the largest predicted motion.
 from __future__ import annotations
 
 import argparse
+import math
 
 import numpy as np
 
@@ -30,8 +31,10 @@ def _trajectory(text: str) -> np.ndarray:
         points = np.array([[float(v) for v in p.split(",")] for p in text.split(";")], np.float64)
     except ValueError:
         points = np.zeros((0, 0))
-    if points.ndim != 2 or points.shape[1] != 2 or len(points) < 2:
-        raise argparse.ArgumentTypeError(f"a trajectory is 'x0,y0;x1,y1;...' with >= 2 points, got {text!r}")
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) < 2 or not np.isfinite(points).all():
+        raise argparse.ArgumentTypeError(
+            f"a trajectory is 'x0,y0;x1,y1;...' with >= 2 points of finite numbers, got {text!r}"
+        )
     return points
 
 
@@ -47,6 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output .gif or .mp4")
     args = parser.parse_args(argv)
 
+    if args.frames is not None and args.frames < 1:
+        parser.error(f"--frames must be at least 1, got {args.frames}")
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        parser.error(f"--fps must be a positive number, got {args.fps:g}")
     if not args.arrow and not args.trajectory:
         parser.error("give at least one --arrow or --trajectory")
     lengths = {len(t) - 1 for t in args.trajectory}
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(
             f"trajectories have {sorted(lengths)} steps; they must all have --frames = {args.frames}"
         )
-    frames = args.frames or (lengths.pop() if lengths else 16)
+    frames = args.frames if args.frames is not None else (lengths.pop() if lengths else 16)
     parts = [np.asarray(t)[None] for t in args.trajectory]
     if args.arrow:
         parts.append(linear_trajectories(args.arrow, frames))

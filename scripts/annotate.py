@@ -14,6 +14,7 @@ tinted green. The last line printed gives the mask's share of the image.
 from __future__ import annotations
 
 import argparse
+import math
 
 import numpy as np
 
@@ -33,6 +34,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="mask PNG")
     parser.add_argument("--overlay", default=None, help="also write the image with the mask tinted")
     args = parser.parse_args(argv)
+    if not (math.isfinite(args.velocity) and args.velocity > 0):
+        parser.error(f"--velocity must be a positive number of pixels, got {args.velocity:g}")
+    if not 0 <= args.threshold < 1:
+        parser.error(
+            f"--threshold must be in [0, 1) (the score's range; its maximum is 1), got {args.threshold:g}"
+        )
+    if args.zoom is not None:
+        if not (math.isfinite(args.zoom) and args.zoom >= 1):
+            parser.error(
+                f"--zoom must be at least 1 (the box is --zoom times the clicks' extent; a smaller one "
+                f"would cut clicks off), got {args.zoom:g}"
+            )
+        if len(args.pos) + len(args.neg) < 2:
+            parser.error("--zoom needs at least two clicks (--pos and --neg together) to size its box")
 
     image = cli.read_rgb(args.image)
     mask, _ = annotate(

@@ -405,8 +405,11 @@ def process(task: Task, settings: Settings, on_pair: Callable[[], None]) -> Resu
         result.error = str(e).strip()
         return result
     if not starts:
+        capped = settings.max_frames is not None and frames >= settings.max_frames
+        used = f" used (--max-frames {settings.max_frames})" if capped else ""
         result.warnings.append(
-            f"{task.path}: {frames} frame(s), fewer than --gap + 1 = {gap + 1}: no pairs (lower --gap)"
+            f"{task.path}: {frames} frame(s){used}, fewer than --gap + 1 = {gap + 1}: no pairs (lower --gap"
+            f"{' or raise --max-frames' if capped else ''})"
         )
     train, val = split_pairs(starts, gap, settings.val_fraction, settings.val_gap)
     if val and not train:
@@ -774,10 +777,11 @@ def main(argv: list[str] | None = None) -> int:
     values = sum(r.values for r in results)
     error = None
     if ok and not lines and not val_lines:
+        capped = settings.max_frames is not None
         error = (
             f"no pairs: every {unit[:-1]} that could be read has fewer than --gap + 1 = {settings.gap + 1} "
-            f"frames{' within --max-frames' if settings.max_frames else ''} (see the warnings above); lower "
-            "--gap. The list files were not rewritten."
+            f"frames{' within --max-frames' if capped else ''} (see the warnings above); lower --gap"
+            f"{' or raise --max-frames' if capped else ''}. The list files were not rewritten."
         )
     elif ok and split and not lines:
         error = (

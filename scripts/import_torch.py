@@ -8,12 +8,14 @@ Usage::
 "state_dict": {"module.image_encoder.*", ...}}``, e.g. the released demo model
 ``ckpt_iter_42000.pth.tar``, whose missing ``num_batches_tracked`` are fine)
 or a bare whole-model state dict, read with ``torch.load(weights_only=True)``
-(a pickle that carries code is refused). ``CONFIG`` is the experiment config
-file of its architecture (``configs/semiauto_resnet.py`` for the demo model),
-with ``--config.field=value`` overrides as ``main.py`` takes them. ``--step``
-is the step recorded (default: the file's own ``step``, 0 for a bare state
-dict). Missing, unexpected or mis-shaped keys are listed by name. The
-checkpoint directory written is printed; ``main.py`` resumes training from it.
+(a pickle that carries Python objects beyond tensors is refused, and so are
+weights holding NaN or infinite values, each tensor named). ``CONFIG`` is the
+experiment config file of its architecture (``configs/semiauto_resnet.py`` for
+the demo model), with ``--config.field=value`` overrides as ``main.py`` takes
+them. ``--step`` is the step recorded (default: the file's own ``step``, 0 for
+a bare state dict). Missing, unexpected or mis-shaped keys are listed by name.
+The checkpoint directory written is printed; ``main.py`` resumes training from
+it.
 """
 
 from __future__ import annotations

@@ -27,17 +27,20 @@ Export formats (``export_workdir``):
 
 All tensors are float32 (``num_batches_tracked`` int64) on the CPU, NCHW/OIHW.
 Files are read with ``torch.load(weights_only=True)``: a pickle that would run
-code is refused (``UnsafeCheckpointError``).
+code is refused (``UnsafeCheckpointError``), and so are weights that are NaN or
+infinite (``unwrap_checkpoint``).
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import pathlib
 import pickle
-import re
+import pickletools
+import zipfile
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import jax
 import jax.numpy as jnp
@@ -56,8 +59,25 @@ class UnsafeCheckpointError(ValueError):
     """A PyTorch file holds pickled objects other than tensors and plain containers."""
 
 
+_RESAVE = (
+    "Only weights are read: from a source you trust, save the state dict alone "
+    "(torch.save(model.state_dict(), PATH))."
+)
+# Pickles at the start of a legacy (pre-zip) ``torch.save`` file: magic number, protocol version,
+# system info, the object, the storage keys; raw storage bytes follow.
+_LEGACY_PICKLES = 5
+
+
 def load_torch_file(path: str | pathlib.Path) -> Any:
     """Reads a PyTorch file with ``torch.load(map_location="cpu", weights_only=True)``.
+
+    Refusals are decided by what the file holds, not by PyTorch's message text,
+    and PyTorch's message (which advises loading unsafely) is never passed on.
+    A TorchScript archive is refused before loading. A file whose pickle parses
+    (read statically with ``pickletools``) but which ``weights_only`` loading
+    rejects holds Python objects beyond tensors: it is refused, naming them
+    where ``torch.serialization.get_unsafe_globals_in_checkpoint`` lists them
+    (zip-format files).
 
     Args:
       path: a ``.pth`` / ``.pth.tar`` file written by ``torch.save``.
@@ -67,30 +87,87 @@ def load_torch_file(path: str | pathlib.Path) -> Any:
 
     Raises:
       FileNotFoundError: no such file.
-      UnsafeCheckpointError: the pickle carries code (objects of other classes).
+      UnsafeCheckpointError: the file holds objects other than tensors and
+        plain containers (code), or is a TorchScript archive.
       ValueError: not a file ``torch.load`` reads.
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no PyTorch file {path}")
+    if _is_torchscript(path):
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it is a TorchScript archive, a program and not only tensors; "
+            f"cmp-jax will not execute it. {_RESAVE}"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found:
-            raise UnsafeCheckpointError(
-                f"refusing to load {path}: it is not a plain weights file; its pickle holds a "
-                f"reference to {found.group(1)}, code that torch.load(weights_only=True) does not "
-                "run. Load it in PyTorch only if you trust its source, and save the state dict "
-                "alone (torch.save(model.state_dict(), ...))."
-            ) from e
-        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
-        raise ValueError(
-            f"{path} is not a PyTorch weights file that torch.load(weights_only=True) can read "
-            f"({detail.group(1) if detail else e})"
-        ) from e
+    except pickle.UnpicklingError:
+        if not _pickles_parse(path):
+            raise ValueError(
+                f"{path} is not a PyTorch file torch.load can read: its pickle data is malformed"
+            ) from None
+        objects = _unsafe_globals(path)
+        named = f" ({', '.join(sorted(objects))})" if objects else ""
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it contains Python objects beyond tensors and plain "
+            f"containers{named}, which unpickling would create by running code; cmp-jax will not "
+            f"execute them. {_RESAVE}"
+        ) from None
     except (EOFError, KeyError, RuntimeError) as e:
         raise ValueError(f"{path} is not a PyTorch file torch.load can read ({type(e).__name__}: {e})") from e
+
+
+def _is_torchscript(path: pathlib.Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip whose record folder holds ``constants.pkl``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.count("/") == 1 and name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def _pickles_parse(path: pathlib.Path) -> bool:
+    """Whether the pickle data of a ``torch.save`` file parses, read statically (nothing runs).
+
+    Zip format: the archive's ``data.pkl`` must be one whole pickle. Legacy format: the file must
+    start with whole pickles, up to the ``_LEGACY_PICKLES`` the format holds before its raw bytes.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                records = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
+                if len(records) != 1:
+                    return False
+                data = archive.read(records[0])
+            return _whole_pickles(io.BytesIO(data), len(data), 1) == 1
+        with open(path, "rb") as stream:
+            return _whole_pickles(stream, path.stat().st_size, _LEGACY_PICKLES) > 0
+    except (ValueError, EOFError, zipfile.BadZipFile):
+        return False
+
+
+def _whole_pickles(stream: BinaryIO, size: int, most: int) -> int:
+    """Parses up to ``most`` consecutive pickles from ``stream`` (``size`` bytes); returns how many.
+
+    Raises:
+      ValueError: a pickle is cut short or holds an unknown opcode.
+    """
+    count = 0
+    while stream.tell() < size and count < most:
+        for _ in pickletools.genops(stream):
+            pass
+        count += 1
+    return count
+
+
+def _unsafe_globals(path: pathlib.Path) -> list[str]:
+    """The ``module.name`` objects of a zip-format file that ``weights_only`` loading refuses.
+
+    Empty where PyTorch cannot list them statically (legacy files, pickles with other opcodes).
+    """
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (ValueError, EOFError, pickle.UnpicklingError):
+        return []
 
 
 def model_torch_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
@@ -137,7 +214,8 @@ def unwrap_checkpoint(obj: Any, what: str) -> tuple[dict[str, np.ndarray], int |
       recorded step (``None`` for a bare state dict).
 
     Raises:
-      ValueError: neither layout, or a value that is not a tensor.
+      ValueError: neither layout, a value that is not a tensor, or tensors
+        holding NaN or infinite values (every one named).
     """
     if not isinstance(obj, Mapping):
         raise ValueError(f"{what} holds a {type(obj).__name__}, not a checkpoint dict or a state dict")
@@ -148,11 +226,21 @@ def unwrap_checkpoint(obj: Any, what: str) -> tuple[dict[str, np.ndarray], int |
         obj = obj["state_dict"]
         if not isinstance(obj, Mapping):
             raise ValueError(f"{what}: 'state_dict' is a {type(obj).__name__}, not a dict")
-    sd = {}
+    sd, non_finite = {}, []
     for key, value in obj.items():
         if not isinstance(key, str):
             raise ValueError(f"{what}: key {key!r} is not a string; expected a state dict")
-        sd[key.removeprefix(MODULE_PREFIX)] = _to_numpy(value, key, what)
+        array = sd[key.removeprefix(MODULE_PREFIX)] = _to_numpy(value, key, what)
+        if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+            nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+            non_finite.append(f"{key} ({nan} NaN, {inf} infinite of {array.size} values)")
+    if non_finite:
+        shown = "\n  ".join(non_finite[:20])
+        more = f"\n  ... and {len(non_finite) - 20} more" if len(non_finite) > 20 else ""
+        raise ValueError(
+            f"{what}: {len(non_finite)} tensor(s) hold NaN or infinite values (a diverged or damaged "
+            f"checkpoint; the model would predict NaN flow):\n  {shown}{more}"
+        )
     return sd, step
 
 
