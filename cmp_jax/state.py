@@ -189,9 +189,15 @@ def load_variables(
       (config, variables, step): the experiment config, ``{"params": ...,
       "batch_stats": ...}`` as host NumPy arrays, and the step read.
 
+    Every checkpoint read is verified (``checkpoint.Checkpointer.restore``);
+    without ``step``, one that fails is reported and the next newest is read.
+    The workdir is not modified.
+
     Raises:
       FileNotFoundError: no config, no checkpoint, or no checkpoint of ``step``.
       checkpoint.CheckpointShapeError: the checkpoint does not fit the config's model.
+      checkpoint.CheckpointCorruptError: the checkpoint of ``step`` (or, without
+        ``step``, every checkpoint) fails verification.
     """
     workdir = pathlib.Path(workdir)
     config = read_config(workdir)
@@ -201,10 +207,11 @@ def load_variables(
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
         if step is None:
-            step = steps[-1]
+            tree, step = ckpt.restore_newest(_template(config))
         elif step not in steps:
             raise FileNotFoundError(f"no checkpoint of step {step} in {ckpt.directory}; there are {steps}")
-        tree = ckpt.restore(step, _template(config))
+        else:
+            tree = ckpt.restore(step, _template(config))
     finally:
         ckpt.close()
     return config, {"params": tree["params"], "batch_stats": tree["batch_stats"]}, int(step)

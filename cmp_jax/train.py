@@ -192,12 +192,15 @@ def _check_finite(history: list[Mapping[str, Any]], first_step: int, ckpt: check
             )
 
 
-def _create_writer(workdir: pathlib.Path) -> metric_writers.MetricWriter:
-    """TensorBoard + log + ``metrics.jsonl`` on process 0; log only elsewhere."""
+def _create_writer(workdir: pathlib.Path, start: int) -> metric_writers.MetricWriter:
+    """TensorBoard + log + ``metrics.jsonl`` (resumed at ``start``) on process 0; log only elsewhere."""
     if jax.process_index() > 0:
         return metric_writers.create_default_writer(workdir, just_logging=True)
     return metric_writers.MultiWriter(
-        [metric_writers.create_default_writer(workdir), JsonlWriter(workdir / "metrics.jsonl")]
+        [
+            metric_writers.create_default_writer(workdir),
+            JsonlWriter(workdir / "metrics.jsonl", resume_step=start),
+        ]
     )
 
 
@@ -229,15 +232,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     state = create_train_state(config, model, create_optimizer(config, schedule))
 
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config.max_to_keep)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = with_tree(state, ckpt.restore(latest, state_tree(state)))
-        logging.info("resumed from %s at step %d", ckpt.directory / str(latest), latest)
+    tree, latest = ckpt.restore_newest(state_tree(state), move_aside=True)
+    if tree is not None:
+        state = with_tree(state, tree)
+        logging.info("resumed from %s at step %d", ckpt.step_dir(latest), latest)
     start = int(state.step)
     if jax.process_index() == 0:
         checkpoint.write_config(workdir / "config.json", config)
 
-    writer = _create_writer(workdir)
+    writer = _create_writer(workdir, start)
     if start == 0:
         writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
     evaluator = Evaluator(config, functools.partial(eval_step, bins=bins))
@@ -267,11 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         nonlocal state
         state = state.replace(batch_stats=parallel.mean_over_devices(state.batch_stats))
         tree = state_tree(parallel.first_replica(state))
-        bad = [
-            checkpoint.key_name(path)
-            for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
-            if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x))
-        ]
+        bad = checkpoint.non_finite_arrays(tree)
         if bad:
             raise FloatingPointError(
                 f"non-finite values after step {step} in {len(bad)} arrays ({', '.join(bad[:5])}, ...): "
@@ -292,6 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         # Steps are dispatched without waiting for their results; the losses are
         # fetched (and checked) together at each logging step and before a save.
         for step, batch in zip(range(start + 1, total + 1), batches, strict=False):
+            ckpt.poll()  # a failed asynchronous save stops training here
             state, metrics = p_train(state, batch)
             history.append(metrics)
             progress(step, time.perf_counter())

@@ -28,7 +28,8 @@ import pytest
 import torch
 from jax.experimental.compilation_cache import compilation_cache
 
-from cmp_jax import checkpoint, parallel, train
+from cmp_jax import checkpoint, inference, parallel, train
+from cmp_jax import state as state_lib
 from configs import base
 from tests.train_subprocess import tiny_config
 
@@ -358,10 +359,82 @@ def test_sigkill_while_saving_resumes_from_the_last_complete_checkpoint(
 
     train.train_and_evaluate(tiny_config(**{**overrides, "num_train_steps": 3}), workdir)
     assert _latest_step(workdir) == 3 and (workdir / "checkpoints" / "3").is_dir()
+    # Step 3 trained again after the resume, from the step-2 checkpoint; the
+    # killed run's row of step 3 was dropped, so the step appears once.
     step3 = [r["train/loss"] for r in _records(workdir) if r["step"] == 3 and "train/loss" in r]
-    assert len(step3) == 2  # step 3 trained again after the resume, from the step-2 checkpoint
-    assert step3[0] == step3[1] == pytest.approx(_train_losses(full_run.workdir)[3], rel=1e-6)
+    assert step3 == [pytest.approx(killed_losses[3], rel=1e-6)]
+    assert step3[0] == pytest.approx(_train_losses(full_run.workdir)[3], rel=1e-6)
     assert [r["step"] for r in _records(workdir) if "eval/loss" in r][-1] == 3
+
+
+def _corrupt_newest(workdir: pathlib.Path, step: int) -> pathlib.Path:
+    """Overwrites 4 kB inside the largest data file of a checkpoint with 0xFF (same size)."""
+    files = [p for p in (workdir / "checkpoints" / str(step)).rglob("*") if p.is_file()]
+    data = max(files, key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 4096] = b"\xff" * 4096
+    data.write_bytes(bytes(raw))
+    return data
+
+
+def test_corrupt_newest_checkpoint_is_moved_aside_and_training_falls_back(full_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(full_run.workdir, workdir)
+    _corrupt_newest(workdir, 4)
+    # The readers fall back to step 2 without touching the workdir, and refuse step 4 by name.
+    _, _, step = state_lib.load_variables(workdir)
+    assert step == 2 and (workdir / "checkpoints" / "4").is_dir()
+    with pytest.raises(
+        checkpoint.CheckpointCorruptError, match=r"checkpoints/4 is unusable: file .* has changed"
+    ):
+        state_lib.load_variables(workdir, 4)
+    with pytest.raises(checkpoint.CheckpointCorruptError):
+        inference.Predictor.from_workdir(workdir, step=4)
+    # Training moves step 4 aside, resumes from step 2 and replays steps 3-4 exactly.
+    train.train_and_evaluate(tiny_config(), workdir)
+    assert (workdir / "checkpoints.corrupt" / "4").is_dir()
+    assert _latest_step(workdir) == 4
+    assert _train_losses(workdir) == pytest.approx(_train_losses(full_run.workdir), rel=1e-6)
+    steps = [r["step"] for r in _records(workdir) if "train/loss" in r]
+    assert steps == sorted(set(steps)) == [1, 2, 3, 4]  # each step once in metrics.jsonl
+
+
+_TRAIN_UNTIL_FULL = """
+import os, resource, signal, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, sys.argv[3])
+import jax
+jax.config.update("jax_disable_most_optimizations", True)
+jax.config.update("jax_compilation_cache_dir", sys.argv[2])
+from cmp_jax import checkpoint, train
+from tests.train_subprocess import tiny_config
+# Files cannot grow beyond 1 MB, as on a full disk; the checkpoint's arrays are larger.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+try:
+    train.train_and_evaluate(tiny_config(num_train_steps=6), sys.argv[1])
+except checkpoint.CheckpointSaveError as e:
+    print(e)
+    sys.exit(3)
+"""
+
+
+def test_failed_checkpoint_save_stops_training_with_one_message(compilation_cache_dir, tmp_path):
+    workdir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-c", _TRAIN_UNTIL_FULL, str(workdir), str(compilation_cache_dir), str(ROOT)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-4000:]
+    assert result.stdout.startswith(f"saving the checkpoint of step 2 into {workdir / 'checkpoints'} failed")
+    assert "File too large" in result.stdout and "no checkpoint is complete" in result.stdout
+    assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr
+    # Stopped at the first step after the failure was known: never reached step 6's save.
+    assert max(r["step"] for r in _records(workdir)) < 6
 
 
 def test_optimizer_matches_torch_sgd():
