@@ -72,9 +72,14 @@ def get_config() -> ml_collections.ConfigDict:
     # "flo": `frame1 frame2 flow.flo`.
     config.data.flow_type = "jpg"
     # Bad examples (wrong column count, missing or undecodable file, size
-    # mismatch, non-finite flow): False raises an error naming list file, line
-    # and path; True skips them (substituting the next example) and counts them.
+    # mismatch, non-finite flow, flow beyond max_flow_magnitude): False raises an
+    # error naming list file, line and path; True skips them (substituting the
+    # next example) and counts them (train/bad_examples).
     config.data.skip_bad_examples = False
+    # Pixels: a flow value with |dx| or |dy| above it makes the example bad, as
+    # NaN does. No motion between two frames is that large; such a value comes
+    # from a corrupt .flo and would otherwise train as the outermost flow bin.
+    config.data.max_flow_magnitude = 1e4
     # Shorter side after resizing and the crop (random for training, centred
     # for eval; zero padding when smaller), pixels; crop_size is (height, width).
     config.data.short_size = 416

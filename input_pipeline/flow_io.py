@@ -18,6 +18,7 @@ safe to call from several threads.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 
@@ -78,6 +79,35 @@ def _check_flow(flow: np.ndarray) -> np.ndarray:
     if flow.ndim != 3 or flow.shape[2] != 2 or flow.shape[0] == 0 or flow.shape[1] == 0:
         raise ValueError(f"flow must have shape (H, W, 2) with H, W > 0, got {flow.shape}")
     return flow.astype(np.float32, copy=False)
+
+
+def check_flow_values(flow: np.ndarray, max_magnitude: float = math.inf) -> None:
+    """Raises ValueError unless every flow component is finite and at most ``max_magnitude`` in size.
+
+    The common case costs a max and a min over the array (NaN propagates through
+    both); the offending values are counted and located only when there are some.
+
+    Args:
+      flow: float array (H, W, 2) of (dx, dy) in pixels.
+      max_magnitude: largest accepted ``|dx|`` and ``|dy|``, pixels (``inf``: finite is enough).
+
+    Raises:
+      ValueError: the message (which does not name a file: callers prefix it) says how many values are
+        NaN or infinite, or how many exceed the bound and the largest with its row, column and component.
+    """
+    high, low = float(flow.max()), float(flow.min())
+    if math.isfinite(high) and math.isfinite(low) and high <= max_magnitude and low >= -max_magnitude:
+        return
+    finite = np.isfinite(flow)
+    if not finite.all():
+        raise ValueError(f"holds {finite.size - np.count_nonzero(finite)} NaN or infinite values")
+    size = np.abs(flow)
+    row, col, comp = np.unravel_index(int(np.argmax(size)), size.shape)
+    count = np.count_nonzero(size > max_magnitude)
+    raise ValueError(
+        f"holds {count} value{'s' if count > 1 else ''} beyond +-{max_magnitude:g} px (max_flow_magnitude), "
+        f"the largest {flow[row, col, comp]:g} px ({'dx' if comp == 0 else 'dy'} at row {row}, column {col})"
+    )
 
 
 def _check_flo_header(f, path: str) -> tuple[int, int]:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import cv2
 import numpy as np
@@ -65,11 +66,42 @@ class BadExampleError(ValueError):
     """A list line or the files it names are unusable; the message names list file, line and path."""
 
 
+def locate_list_file(list_file: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """The path of a list file: a relative one is looked up under ``root`` first, then as given.
+
+    Args:
+      list_file: the list file as configured.
+      root: the data root (``None``: the path as given only).
+
+    Returns:
+      The path that exists.
+
+    Raises:
+      FileNotFoundError: neither exists; the message names both places.
+    """
+    list_file = os.fspath(list_file)
+    under_root = None if root is None else os.path.join(root, list_file)
+    if under_root is not None and os.path.isfile(under_root):
+        return under_root
+    if not os.path.isfile(list_file):
+        where = "" if under_root is None else f" (nor does {under_root})"
+        raise FileNotFoundError(f"list file {list_file} does not exist{where}")
+    return list_file
+
+
+def _with_root(paths: Sequence[str], prefix: str | None) -> list[str]:
+    """``prefix + path`` for the relative paths (``prefix`` ends with a separator; ``None``: unchanged)."""
+    if prefix is None:
+        return list(paths)
+    return [p if os.path.isabs(p) else prefix + p for p in paths]
+
+
 def read_lists(
     list_files: Sequence[str | os.PathLike] | str | os.PathLike,
     root: str | os.PathLike | None = None,
     flow_type: str = "jpg",
     skip_bad_examples: bool = False,
+    on_skip: Callable[[Hashable, str], None] | None = None,
 ) -> tuple[list[ListEntry], int]:
     """Reads and concatenates list files.
 
@@ -84,6 +116,9 @@ def read_lists(
       flow_type: ``"jpg"`` (4 columns) or ``"flo"`` (3 columns).
       skip_bad_examples: skip and count lines with a wrong column count (the first few are logged)
         instead of raising.
+      on_skip: with ``skip_bad_examples``, called as ``on_skip(key, message)`` for each skipped line
+        instead of logging it; ``key`` is (real path of the list file, line number), the same for every
+        reader of that line (e.g. ``input_pipeline.pipeline.BadExampleCounter.add``).
 
     Returns:
       (entries, number of skipped lines).
@@ -104,12 +139,7 @@ def read_lists(
     entries: list[ListEntry] = []
     skipped = 0
     for list_file in list_files:
-        under_root = None if root is None else os.path.join(root, list_file)
-        if under_root is not None and os.path.isfile(under_root):
-            list_file = under_root
-        elif not os.path.isfile(list_file):
-            where = "" if under_root is None else f" (nor does {under_root})"
-            raise FileNotFoundError(f"list file {list_file} does not exist{where}")
+        list_file = locate_list_file(list_file, root)
         with open(list_file, encoding="utf-8") as f:
             for number, text in enumerate(f, start=1):
                 fields = text.split()
@@ -123,15 +153,59 @@ def read_lists(
                     if not skip_bad_examples:
                         raise BadExampleError(message)
                     skipped += 1
-                    if skipped <= _MAX_LOGGED_SKIPS:
+                    if on_skip is not None:
+                        on_skip((os.path.realpath(list_file), number), message)
+                    elif skipped <= _MAX_LOGGED_SKIPS:
                         logging.warning("skipping %s", message)
                     continue
-                if prefix is not None:
-                    fields = [p if os.path.isabs(p) else prefix + p for p in fields]
+                fields = _with_root(fields, prefix)
                 entries.append(ListEntry(fields[0], fields[1], tuple(fields[2:]), list_file, number))
-    if skipped:
+    if skipped and on_skip is None:
         logging.warning("skipped %d malformed line(s) in %s", skipped, ", ".join(list_files))
     return entries, skipped
+
+
+def missing_files(
+    list_files: Sequence[str | os.PathLike], root: str | os.PathLike | None = None, max_lines: int = 5
+) -> list[str]:
+    """The missing list files and missing files named on their first lines, loading nothing.
+
+    A quick check before a long start-up: it opens each list file, reads only its first ``max_lines``
+    examples (blank and ``#`` lines skipped, column counts not checked) and asks the file system whether
+    each path they name (``root`` applied as ``read_lists`` does) is a file.
+
+    Args:
+      list_files: list files as configured.
+      root: the data root, as for ``read_lists``.
+      max_lines: examples checked per list file.
+
+    Returns:
+      One line per problem, in order, each path once: ``"list file X does not exist (nor does Y)"`` or
+      ``"X (named on LIST line N)"``; empty when nothing is missing.
+    """
+    problems: list[str] = []
+    seen: set[str] = set()
+    prefix = None if root is None else os.path.join(root, "")
+    for list_file in dict.fromkeys(os.fspath(f) for f in list_files):
+        try:
+            path = locate_list_file(list_file, root)
+        except FileNotFoundError as e:
+            problems.append(str(e))
+            continue
+        checked = 0
+        with open(path, encoding="utf-8") as f:
+            for number, text in enumerate(f, start=1):
+                fields = text.split()
+                if not fields or fields[0].startswith("#"):
+                    continue
+                for named in _with_root(fields, prefix):
+                    if named not in seen and not os.path.isfile(named):
+                        problems.append(f"{named} (named on {path} line {number})")
+                    seen.add(named)
+                checked += 1
+                if checked == max_lines:
+                    break
+    return problems
 
 
 def _call(entry: ListEntry, reader, *args) -> np.ndarray:
@@ -150,7 +224,9 @@ def _size(array: np.ndarray) -> str:
     return f"{array.shape[1]}x{array.shape[0]} (width x height)"
 
 
-def load_example(entry: ListEntry, frame2: bool = True) -> dict[str, np.ndarray]:
+def load_example(
+    entry: ListEntry, frame2: bool = True, max_flow_magnitude: float = math.inf
+) -> dict[str, np.ndarray]:
     """Loads the frames and flow of one list entry and checks them.
 
     Args:
@@ -158,6 +234,9 @@ def load_example(entry: ListEntry, frame2: bool = True) -> dict[str, np.ndarray]
       frame2: decode frame 2 as well. The training pipeline passes False: the
         CMP loss never uses frame 2, so it is only checked to exist (its size
         is then not checked), which saves a JPEG decode per example.
+      max_flow_magnitude: largest accepted ``|dx|``, ``|dy|`` in pixels (the
+        pipeline passes ``config.data.max_flow_magnitude``); ``inf`` accepts
+        any finite flow.
 
     Returns:
       ``{"frame1": uint8 (H, W, 3) RGB, "frame2": uint8 (H, W, 3) RGB, "flow": float32 (H, W, 2)}``, the
@@ -167,7 +246,8 @@ def load_example(entry: ListEntry, frame2: bool = True) -> dict[str, np.ndarray]
     Raises:
       BadExampleError: a file is missing, unreadable or undecodable (including a malformed ``.flo`` or
         differently sized flow x/y images), frame2 or the flow differs in size from frame1, or the flow
-        holds NaN or infinity. The message names the list file, the line number and the path(s).
+        holds NaN, infinity or a value beyond ``max_flow_magnitude``. The message names the list file,
+        the line number, the path(s) and, for a flow value, the value and where it is.
     """
     frame1 = _call(entry, flow_io.decode_image_file, entry.frame1, _IMREAD_RGB)
     if frame2:
@@ -186,13 +266,12 @@ def load_example(entry: ListEntry, frame2: bool = True) -> dict[str, np.ndarray]
         raise BadExampleError(
             f"{entry.where}: flow {flow_paths} is {_size(flow)} but frame1 {entry.frame1} is {_size(frame1)}"
         )
-    if len(entry.flow) == 1:  # flow images decode to finite values by construction; .flo may not
-        finite = np.isfinite(flow)
-        if not finite.all():
-            raise BadExampleError(
-                f"{entry.where}: flow {flow_paths} holds {finite.size - np.count_nonzero(finite)} NaN or "
-                "infinite values"
-            )
+    # Flow images decode to values within +-FLOW_IMAGE_RANGE by construction; a .flo may hold anything.
+    if len(entry.flow) == 1 or max_flow_magnitude < flow_io.FLOW_IMAGE_RANGE:
+        try:
+            flow_io.check_flow_values(flow, max_flow_magnitude)
+        except ValueError as e:
+            raise BadExampleError(f"{entry.where}: flow {flow_paths} {e}") from e
     out = {"frame1": frame1, "flow": flow}
     if frame2:
         out["frame2"] = image2

@@ -60,12 +60,21 @@ class Evaluator:
       step_fn: ``cmp_jax.train.eval_step`` with its ``bins`` bound:
         ``step_fn(state, batch, baselines, axis_name=...)`` returning (sums,
         flow, per-image EPEs).
+      counter: receives the bad examples skipped (``data.skip_bad_examples``);
+        the training pipeline's, so that an example both read counts once.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, step_fn: Callable[..., Any]):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        step_fn: Callable[..., Any],
+        counter: pipeline.BadExampleCounter | None = None,
+    ):
         self.config = config
         self.local_batch = parallel.local_batch_size(config.eval_batch_size, "eval_batch_size")
-        self.dataset, source = pipeline.create_from_config(config, "eval", local_batch=self.local_batch)
+        self.dataset, source = pipeline.create_from_config(
+            config, "eval", local_batch=self.local_batch, counter=counter
+        )
         if source.size < self.local_batch:
             # A small validation set (e.g. a few videos' val.txt) is not a dead end: the batch shrinks
             # to the largest multiple of the local device count that it fills.
@@ -86,7 +95,9 @@ class Evaluator:
                 clamped * jax.process_count(),
             )
             self.local_batch = clamped
-            self.dataset, source = pipeline.create_from_config(config, "eval", local_batch=clamped)
+            self.dataset, source = pipeline.create_from_config(
+                config, "eval", local_batch=clamped, counter=counter
+            )
         batches = source.size // self.local_batch
         if config.num_eval_batches > 0:
             batches = min(batches, config.num_eval_batches)
