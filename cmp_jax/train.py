@@ -37,7 +37,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from cmp_jax import checkpoint, evaluation, parallel
+from cmp_jax import checkpoint, config_check, evaluation, parallel
 from cmp_jax.evaluation.evaluator import Evaluator
 from cmp_jax.flow import FlowBins, logits_to_flow
 from cmp_jax.jsonl_writer import JsonlWriter
@@ -168,10 +168,6 @@ def eval_step(
     return sums, flow, image_epe
 
 
-def _create_dataset(config: ml_collections.ConfigDict, split: str, local_batch: int, start_step: int = 0):
-    return pipeline.create_from_config(config, split, local_batch=local_batch, start_step=start_step)
-
-
 def _check_finite(history: list[Mapping[str, Any]], first_step: int, ckpt: checkpoint.Checkpointer) -> None:
     """Raises ``FloatingPointError`` naming the first step of ``history`` whose loss is not finite.
 
@@ -216,6 +212,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       The metrics of the last evaluation (``eval/loss``, ``eval/epe``,
       ``eval/epe_nearest``, ...); empty when no evaluation ran.
     """
+    # Bad values and missing data fail here, before any model is built or file written.
+    config_check.validate_config(config)
+    pipeline.check_sources(config)
     parallel.maybe_initialize_distributed(config.distributed)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -243,8 +242,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     writer = _create_writer(workdir, start)
     if start == 0:
         writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
-    evaluator = Evaluator(config, functools.partial(eval_step, bins=bins))
-    train_ds, _ = _create_dataset(config, "train", local_batch, start_step=start)
+    # One count of skipped bad examples over both pipelines (an example read by both counts once).
+    bad_examples = pipeline.BadExampleCounter()
+    evaluator = Evaluator(config, functools.partial(eval_step, bins=bins), counter=bad_examples)
+    train_ds, _ = pipeline.create_from_config(
+        config, "train", local_batch=local_batch, start_step=start, counter=bad_examples
+    )
     p_train = parallel.pmap_step(
         functools.partial(
             train_step,
@@ -287,7 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         progress = periodic_actions.ReportProgress(num_train_steps=total, every_secs=60.0)
         history: list[dict[str, jax.Array]] = []
         tick, tick_step = time.perf_counter(), start
-        batches: Iterable[dict[str, np.ndarray]] = train_ds.as_numpy_iterator()
+        batches: Iterable[dict[str, np.ndarray]] = pipeline.numpy_batches(train_ds)
         # Steps are dispatched without waiting for their results; the losses are
         # fetched (and checked) together at each logging step and before a save.
         for step, batch in zip(range(start + 1, total + 1), batches, strict=False):
@@ -304,6 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 scalars["train/lr"] = float(values[-1]["lr"])
                 scalars["train/steps_per_s"] = (step - tick_step) / elapsed
                 scalars["train/images_per_s"] = (step - tick_step) * config.batch_size / elapsed
+                scalars["train/bad_examples"] = bad_examples.count
                 writer.write_scalars(step, scalars)
                 history, tick, tick_step = [], time.perf_counter(), step
             if (config.eval_every_steps and step % config.eval_every_steps == 0) or last:

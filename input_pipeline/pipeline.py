@@ -41,7 +41,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import cv2
@@ -466,6 +466,33 @@ def create_dataset(
     ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True).map(to_devices)
     return ds.prefetch(prefetch)
+
+
+def numpy_batches(dataset: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+    """``dataset.as_numpy_iterator()``, with a bad example's error unwrapped.
+
+    TensorFlow wraps an exception of the loading code in an ``InvalidArgumentError``
+    whose message starts with the graph function's name; a bad example is
+    re-raised here as the ``lists.BadExampleError`` it was (file, line, value).
+
+    Raises:
+      lists.BadExampleError: a bad example, with ``data.skip_bad_examples`` off.
+    """
+    iterator = dataset.as_numpy_iterator()
+    marker = "BadExampleError: "
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as e:
+            if marker not in e.message:
+                raise
+            text = e.message.split(marker, 1)[1].splitlines()[0]
+            raise lists.BadExampleError(
+                f"{text}\n(set data.skip_bad_examples=True to skip and count bad examples)"
+            ) from None
+        yield batch
 
 
 def tfds_source(

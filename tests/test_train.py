@@ -31,6 +31,7 @@ from jax.experimental.compilation_cache import compilation_cache
 from cmp_jax import checkpoint, inference, parallel, train
 from cmp_jax import state as state_lib
 from configs import base
+from input_pipeline import lists, pipeline
 from tests.train_subprocess import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -140,6 +141,7 @@ def test_train_and_evaluate_writes_checkpoints_metrics_and_config(full_run):
     for r in train_lines:
         for key in TRAIN_KEYS:
             assert math.isfinite(r[key]) and r[key] > 0, (key, r)
+        assert r["train/bad_examples"] == 0
     # lr_steps = (3,): steps 1-3 (0-based 0-2) at lr, step 4 decayed.
     lrs = [r["train/lr"] for r in train_lines]
     lr = config.optim.lr
@@ -435,6 +437,55 @@ def test_failed_checkpoint_save_stops_training_with_one_message(compilation_cach
     assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr
     # Stopped at the first step after the failure was known: never reached step 6's save.
     assert max(r["step"] for r in _records(workdir)) < 6
+
+
+def test_bad_examples_are_counted_once_over_both_pipelines_into_the_metrics(tmp_path, monkeypatch):
+    # Every other example of both sources is the same corrupt file (one key); the
+    # validation set also has one of its own. Both are skipped and counted once each.
+    original = pipeline.source_from_config
+
+    def with_bad_examples(config, split, *args, **kwargs):
+        source = original(config, split, *args, **kwargs)
+
+        def key(i):
+            if i % 2 == 0:
+                return "corrupt.flo"
+            return "val-only.flo" if split == "eval" and i == 1 else ("ok", split, i)
+
+        def load(i):
+            if isinstance(key(i), str):
+                raise lists.BadExampleError(f"{key(i)}: bad")
+            return source.load(i)
+
+        return pipeline.Source(source.size, load, key=key)
+
+    monkeypatch.setattr(pipeline, "source_from_config", with_bad_examples)
+    config = tiny_config(num_train_steps=3, checkpoint_every_steps=3)
+    config.data.skip_bad_examples = True
+    config.data.synthetic.val_size = 8
+    config.eval_every_steps = 2
+    metrics = train.train_and_evaluate(config, tmp_path / "run")
+    assert math.isfinite(metrics["eval/epe"])
+    # Step 3 is logged after the eval at step 2 has met its own bad example.
+    assert [r["train/bad_examples"] for r in _records(tmp_path / "run") if "train/loss" in r] == [1, 1, 2]
+
+
+def test_missing_data_and_bad_values_fail_before_anything_is_built_or_written(tmp_path, monkeypatch):
+    from configs import yfcc_resnet
+
+    monkeypatch.chdir(tmp_path)  # the config's relative list paths resolve to nothing here
+    built = []
+    monkeypatch.setattr(train, "build_from_config", lambda *a: built.append(a))
+    with pytest.raises(FileNotFoundError, match=r"2 missing") as info:
+        train.train_and_evaluate(yfcc_resnet.get_config(), tmp_path / "run")
+    assert "lists/train.txt does not exist" in str(info.value) and "lists/val.txt does not exist" in str(
+        info.value
+    )
+    config = tiny_config()
+    config.data.crop_size = (65,)
+    with pytest.raises(ValueError, match=r"data\.crop_size=\(65,\): expected \(height, width\)"):
+        train.train_and_evaluate(config, tmp_path / "run")
+    assert not built and not (tmp_path / "run").exists()
 
 
 def test_optimizer_matches_torch_sgd():

@@ -131,7 +131,7 @@ class Evaluator:
         model_images: list[np.ndarray] = []
         baseline_images: dict[str, list[np.ndarray]] = {}
         pictures = None
-        for i, batch in enumerate(self.dataset.take(self.num_batches).as_numpy_iterator()):
+        for i, batch in enumerate(pipeline.numpy_batches(self.dataset.take(self.num_batches))):
             inputs = {k: batch[k] for k in _INPUTS}
             baselines = baseline_flows(inputs) if self.baseline_sums is None else {}
             sums, flow, image_epe = self.p_eval(state, inputs, baselines)
