@@ -44,6 +44,10 @@ def get_config() -> ml_collections.ConfigDict:
     # gradients faster than lax.conv's) or "auto": "taps" when JAX's backend is
     # the CPU, "xla" otherwise (decided once and logged).
     config.model.conv_impl = "auto"
+    # "bilinear" (the original: logits at 1/stride, upsampled bilinearly by the loss and
+    # the read-out) or "convex" (learned convex upsampling to full resolution, as RAFT
+    # does; plain decoder only; not in the original).
+    config.model.upsample = "bilinear"
 
     # --- flow quantisation: cmp_jax.flow.FlowBins(**config.flow)
     config.flow = ml_collections.ConfigDict()

@@ -335,3 +335,16 @@ def test_export_of_a_missing_workdir_says_so(tmp_path):
         torch_io.export_workdir(tmp_path / "nowhere", tmp_path / "x.pth", "original")
     with pytest.raises(ValueError, match="unknown format 'onnx'"):
         torch_io.export_workdir(tmp_path / "nowhere", tmp_path / "x.pth", "onnx")
+
+
+def test_original_export_of_a_convex_upsampling_model_is_refused(tmp_path):
+    config = tiny_config()
+    config.model.upsample = "convex"
+    template = state._template(config)
+    variables = {"params": template["params"], "batch_stats": template["batch_stats"]}
+    state.save_variables(tmp_path / "run", config, variables, step=1)
+    with pytest.raises(ValueError, match=r"model.upsample='convex', which the original code does not have"):
+        torch_io.export_workdir(tmp_path / "run", tmp_path / "x.pth", "original")
+    assert not (tmp_path / "x.pth").exists()
+    written = torch_io.export_workdir(tmp_path / "run", tmp_path / "enc.pth", "encoder")
+    assert written[0] == tmp_path / "enc.pth" and written[0].is_file()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cmp_jax.models import CMP, build_model
-from cmp_jax.models.decoders import MotionDecoderPlain, MotionDecoderSkipLayer
+from cmp_jax.models.decoders import ConvexUpsampler, MotionDecoderPlain, MotionDecoderSkipLayer
 from cmp_jax.models.layers import BatchNorm, ModelOps
 from cmp_jax.models.sparse_encoder import ShallowNet
 from tests.helpers import count_params, random_inputs, random_variables
@@ -218,3 +218,45 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     jaxpr = str(jax.make_jaxpr(model.apply)(variables, image, sparse, mask))
     convs = [line for line in jaxpr.splitlines() if "conv_general_dilated" in line]
     assert convs and all("bf16[" in line.split("=")[0] for line in convs)
+
+
+def _box_mean_upsampled(logits: np.ndarray, s: int) -> np.ndarray:
+    """Mean of each 3x3 neighbourhood (edge-padded), repeated over s x s blocks."""
+    n, h, w, c = logits.shape
+    padded = np.pad(logits, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    mean = sum(padded[:, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)) / 9
+    return mean.repeat(s, 1).repeat(s, 2)
+
+
+def test_convex_upsampler_weights_are_convex_combinations_of_neighbours():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    features = rng.standard_normal((2, 3, 4, 6)).astype(np.float32)
+    module = ConvexUpsampler(factor=2, hidden=4)
+    variables = module.init(jax.random.PRNGKey(0), logits, features)
+    params = flax.core.unfreeze(variables["params"])
+    kernel, bias = params["mask_2"]["kernel"], params["mask_2"]["bias"]
+    # Zero mask logits: equal weights, the 3x3 mean.
+    params["mask_2"] = {"kernel": jnp.zeros_like(kernel), "bias": jnp.zeros_like(bias)}
+    out = module.apply({**variables, "params": params}, logits, features)
+    assert out.shape == (2, 6, 8, 5)
+    np.testing.assert_allclose(out, _box_mean_upsampled(logits, 2), rtol=1e-5, atol=1e-6)
+    # All weight on the centre (index 4 of the 9, for each of the s*s positions): block copies.
+    centre = np.zeros((9, 2, 2), np.float32)
+    centre[4] = 50.0
+    params["mask_2"] = {"kernel": jnp.zeros_like(kernel), "bias": jnp.asarray(centre.reshape(-1))}
+    out = module.apply({**variables, "params": params}, logits, features)
+    np.testing.assert_allclose(out, logits.repeat(2, 1).repeat(2, 2), rtol=1e-5, atol=1e-6)
+
+
+def test_convex_upsampling_option_gives_full_resolution_logits():
+    model = CMP(backbone="resnet18", upsample="convex")
+    variables, logits = _abstract_variables(model, 64, 64)
+    assert logits.shape == (1, 64, 64, 198)
+    assert set(variables["params"]["upsampler"]) == {"mask_0", "mask_1", "mask_2"}
+    assert variables["params"]["upsampler"]["mask_2"]["kernel"].shape == (1, 1, 64, 9 * 64)
+    assert "upsampler" not in _abstract_variables(CMP(backbone="resnet18"), 64, 64)[0]["params"]
+    with pytest.raises(ValueError, match="needs the plain decoder"):
+        _abstract_variables(CMP(backbone="resnet18", decoder="skip", upsample="convex"), 64, 64)
+    with pytest.raises(ValueError, match=r"unknown upsample 'nearest'.*'bilinear', 'convex'"):
+        _abstract_variables(CMP(backbone="resnet18", upsample="nearest"), 64, 64)

@@ -386,6 +386,12 @@ def export_workdir(
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "original":
+        if config.model.get("upsample", "bilinear") != "bilinear":
+            raise ValueError(
+                f"{workdir} was trained with model.upsample={config.model.upsample!r}, which the original "
+                "code does not have: its layout cannot hold the model. Export the encoder (format "
+                "'encoder'), or train with model.upsample='bilinear'."
+            )
         torch.save(original_checkpoint(variables, step), out)
         return [out]
     encoder, head = encoder_state_dicts(config, variables, step)

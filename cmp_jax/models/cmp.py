@@ -20,12 +20,13 @@ import jax
 import jax.numpy as jnp
 
 from cmp_jax.models.backbones import AlexNetBNFCN, DilatedResNet
-from cmp_jax.models.decoders import MotionDecoderPlain, MotionDecoderSkipLayer
+from cmp_jax.models.decoders import ConvexUpsampler, MotionDecoderPlain, MotionDecoderSkipLayer
 from cmp_jax.models.layers import ModelOps
 from cmp_jax.models.sparse_encoder import ShallowNet, shallownet_strides
 
 BACKBONES = ("alexnet", "resnet18", "resnet34", "resnet50", "resnet101")
 DECODERS = ("plain", "skip")
+UPSAMPLINGS = ("bilinear", "convex")
 
 
 class CMP(nn.Module):
@@ -47,6 +48,10 @@ class CMP(nn.Module):
       conv_impl: convolution formulation, ``"auto"`` (taps on the CPU backend,
         xla on GPU/TPU), ``"xla"`` or ``"taps"`` (see ``ModelOps``); the
         parameters are the same.
+      upsample: ``"bilinear"`` (the original: the plain decoder's logits stay
+        at 1/s and are upsampled bilinearly by the loss and the read-out) or
+        ``"convex"`` (``ConvexUpsampler`` returns them at full resolution;
+        plain decoder only; not in the original).
     """
 
     backbone: str = "resnet50"
@@ -61,6 +66,7 @@ class CMP(nn.Module):
     bn_axis_name: str | None = None
     dilation_style: str = "cmp"
     conv_impl: str = "auto"
+    upsample: str = "bilinear"
 
     @property
     def stride(self) -> int:
@@ -73,6 +79,10 @@ class CMP(nn.Module):
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {BACKBONES}")
         if self.decoder not in DECODERS:
             raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {DECODERS}")
+        if self.upsample not in UPSAMPLINGS:
+            raise ValueError(f"unknown upsample {self.upsample!r}; choose one of {UPSAMPLINGS}")
+        if self.upsample == "convex" and self.decoder != "plain":
+            raise ValueError("upsample='convex' needs the plain decoder (the skip decoder ends at 1/2)")
         if self.decoder == "skip" and self.backbone == "alexnet":
             raise ValueError("the skip decoder needs a ResNet backbone (AlexNet has no skips)")
         ops = ModelOps(
@@ -97,6 +107,8 @@ class CMP(nn.Module):
             )
         else:
             self.flow_decoder = MotionDecoderSkipLayer(ops, output_dim=2 * self.num_bins)
+        if self.upsample == "convex":
+            self.upsampler = ConvexUpsampler(ops, factor=self.stride)
 
     def check_size(self, height: int, width: int) -> None:
         """Raises ``ValueError`` unless both sides are multiples of the encoder stride."""
@@ -136,7 +148,8 @@ class CMP(nn.Module):
           train: BatchNorm mode.
 
         Returns:
-          (N, h, w, 2 * num_bins) float32 logits, x classifier first.
+          (N, h, w, 2 * num_bins) float32 logits, x classifier first; (h, w)
+          is (H, W) with ``upsample="convex"``.
         """
         if sparse.shape != mask.shape or sparse.shape[-1] != 2:
             raise ValueError(
@@ -154,6 +167,8 @@ class CMP(nn.Module):
         x = jnp.concatenate([feats, motion.astype(feats.dtype)], axis=-1)
         if self.decoder == "plain":
             logits = self.flow_decoder(x, train)
+            if self.upsample == "convex":
+                logits = self.upsampler(logits, x, train)
         else:
             logits = self.flow_decoder(x, image_features, train)
         return logits.astype(jnp.float32)

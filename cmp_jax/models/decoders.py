@@ -4,6 +4,11 @@ Both take the concatenated image and sparse-motion features (N, h, w, 272) and
 return logits (N, h', w', 2 * C), x classifier first. Names mirror the PyTorch
 keys with ``.N`` written ``_N`` (``decoder2_1`` is ``decoder2.1``: index 0 of a
 pooled branch is its max-pool, which has no weights).
+
+``ConvexUpsampler`` is not in the original: an option (``model.upsample =
+"convex"``) that brings the plain decoder's logits to the input resolution by
+learned convex combinations of 3 x 3 coarse neighbours, as RAFT (Teed & Deng,
+ECCV 2020) upsamples its flow, instead of the loss's bilinear upsampling.
 """
 
 from __future__ import annotations
@@ -136,3 +141,50 @@ class MotionDecoderSkipLayer(nn.Module):
                 conv_name=f"fusion{level}_0", bn_name=f"fusion{level}_1",
             )  # fmt: skip
         return ops.conv(self.output_dim, 1, name="head")(x)
+
+
+class ConvexUpsampler(nn.Module):
+    """Learned convex upsampling of logits by an integer factor (not in the original).
+
+    Each fine pixel is a convex combination of the 3 x 3 coarse logits around
+    its coarse pixel; the weights (softmax over the 9) come from the fused
+    features through ``mask_0`` (3x3 conv to ``hidden``), ``mask_1`` (BN) and
+    ReLU, and ``mask_2`` (1x1 conv to 9 * factor**2). Coarse pixel (i, j)
+    covers fine pixels [i * factor, (i + 1) * factor) (half-pixel centres);
+    borders repeat the edge logits.
+
+    Attributes:
+      ops: layer factory.
+      factor: upsampling factor s (the encoder stride).
+      hidden: channels of the mask branch.
+    """
+
+    ops: ModelOps = ModelOps()
+    factor: int = 8
+    hidden: int = 64
+
+    @nn.compact
+    def __call__(self, logits: jax.Array, features: jax.Array, train: bool = False) -> jax.Array:
+        """Upsamples logits.
+
+        Args:
+          logits: (N, h, w, C) coarse logits.
+          features: (N, h, w, F) the fused features the logits were decoded from.
+          train: BatchNorm mode.
+
+        Returns:
+          (N, h * s, w * s, C) logits.
+        """
+        n, h, w, c = logits.shape
+        s = self.factor
+        mask = conv_bn_relu(
+            self.ops, features, train, self.hidden, 3, padding=1, conv_name="mask_0", bn_name="mask_1"
+        )
+        mask = self.ops.conv(9 * s * s, 1, name="mask_2")(mask)
+        mask = jax.nn.softmax(mask.astype(jnp.float32).reshape(n, h, w, 9, s, s), axis=3)
+        padded = jnp.pad(logits.astype(jnp.float32), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+        neighbours = jnp.stack(
+            [padded[:, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], axis=3
+        )
+        fine = jnp.einsum("nhwkab,nhwkc->nhawbc", mask, neighbours)
+        return fine.reshape(n, h * s, w * s, c).astype(logits.dtype)
