@@ -21,7 +21,7 @@ import ml_collections
 
 from cmp_jax.flow import FlowBins
 from cmp_jax.models.backbones import DILATION_STYLES
-from cmp_jax.models.cmp import BACKBONES, DECODERS
+from cmp_jax.models.cmp import BACKBONES, DECODERS, UPSAMPLINGS
 from cmp_jax.models.decoders import BRANCH_STRIDES
 from cmp_jax.models.layers import CONV_IMPLS, INIT_SCHEMES
 from input_pipeline import lists, pipeline
@@ -119,6 +119,13 @@ def _check_model(c: _Checker) -> int | None:
     ok &= c.choice("model.init_scheme", INIT_SCHEMES)
     ok &= c.choice("model.dtype", _DTYPES)
     ok &= c.choice("model.dilation_style", DILATION_STYLES) & c.choice("model.conv_impl", CONV_IMPLS)
+    if "upsample" in model:  # configs saved before the field existed are bilinear
+        ok &= c.choice("model.upsample", UPSAMPLINGS)
+        if ok and model.upsample == "convex" and model.decoder != "plain":
+            c.problems.append(
+                "model.upsample='convex': needs model.decoder='plain' (the skip decoder ends at 1/2)"
+            )
+            ok = False
     return (32 if model.backbone == "alexnet" else model.output_stride) if ok else None
 
 

@@ -253,3 +253,16 @@ def test_bad_example_in_train_and_val_lists_is_counted_and_logged_once(tmp_path,
     assert sum("shared.txt line 1" in m for m in counter.messages.values()) == 1
     logged = [r.getMessage() for r in caplog.records if "skipped bad example" in r.getMessage()]
     assert len(logged) == 2, logged
+
+
+def test_upsample_choice_and_its_decoder_are_checked():
+    config = base.get_config()
+    config.model.upsample = "nearest"
+    with pytest.raises(
+        ValueError, match=r"model.upsample='nearest': expected one of \('bilinear', 'convex'\)"
+    ):
+        config_check.validate_config(config)
+    config.model.upsample = "convex"
+    config.model.decoder = "skip"
+    with pytest.raises(ValueError, match=r"model.upsample='convex': needs model.decoder='plain'"):
+        config_check.validate_config(config)
