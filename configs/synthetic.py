@@ -5,7 +5,7 @@ the README's "The embedded default" for the measured run)::
 
     python main.py --config=configs/synthetic.py --workdir=runs/synthetic
 
-ResNet-18 (output stride 8) with the plain decoder, 64 x 64 crops from 72 x 72
+ResNet-18 (output stride 8) with the plain decoder and convex upsampling, 64 x 64 crops from 72 x 72
 procedural frames, grid + watershed guidance with K and G scaled from the
 paper's 384-pixel values (K = 13, G = 33), batch 8.
 
@@ -19,6 +19,10 @@ lever table, 900-step runs on the same machine):
 * Gaussian targets over the bins (``loss.label_sigma = 1`` px) instead of
   one-hot ones: each example teaches the neighbouring bins too, which is what
   lets the decoder learn to read a guidance value within a few hundred steps.
+* Convex upsampling of the logits (``model.upsample = "convex"``): the fast
+  objects are a few 8-pixel cells wide, and bilinear upsampling from 1/8 blurs
+  their edges; learned convex upsampling lowered the final EPE from 1.99 to
+  1.79 px at the same cost per step.
 * lr 0.02 with a cosine schedule: with the original's tiny initialisation
   (conv gain 0.02) the BatchNorm-followed convolutions take large effective
   steps; 0.01 learns slower, 0.05 worse. He initialisation did not leave the
@@ -37,6 +41,7 @@ def get_config():
     """Returns the synthetic-data config."""
     config = base.get_config()
     config.model.backbone = "resnet18"
+    config.model.upsample = "convex"
     config.data.source = "synthetic"
     config.data.synthetic.height = 72
     config.data.synthetic.width = 72
