@@ -4,8 +4,12 @@ Flags only: ``--config`` (an ml_collections config file; fields can be
 overridden, e.g. ``--config.batch_size=8``) and ``--workdir`` (checkpoints,
 metrics; a workdir with checkpoints resumes). Hides the accelerators from
 TensorFlow (it only feeds data), then calls
-``cmp_jax.train.train_and_evaluate(config, workdir)``.
+``cmp_jax.train.train_and_evaluate(config, workdir)``. A failed checkpoint save
+exits with status 1 and its one message.
 """
+
+import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -26,10 +30,20 @@ def main(argv):
     tf.config.experimental.set_visible_devices([], "GPU")
     tf.config.experimental.set_visible_devices([], "TPU")
 
-    from cmp_jax import train
+    from cmp_jax import checkpoint, train
 
     logging.info("config:\n%s", FLAGS.config)
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except checkpoint.CheckpointSaveError as e:
+        # TensorStore is still finishing the failed save's other writes in its own
+        # threads; an ordinary interpreter exit while they call back into Python can
+        # abort the process ("exception not rethrown"). Everything of ours is closed.
+        logging.error("%s", e)
+        logging.flush()
+        sys.stderr.write(f"error: {e}\n")
+        sys.stderr.flush()
+        os._exit(1)
 
 
 if __name__ == "__main__":

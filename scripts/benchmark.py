@@ -9,6 +9,7 @@ Usage::
     python scripts/benchmark.py inference [--backbone B] [--decoder D] [--size S] [--sets G] [--repeats R]
     python scripts/benchmark.py propagation --workdir W [--config C | --lists L [L ...] [--root R]
         [--flow-type jpg|flo]] [--num-batches N] [--batch-size B] [--step S]
+    python scripts/benchmark.py resolution_bound --config C [--strides 8,4,2] [--num-batches N]
 
 Subcommands:
 
@@ -66,6 +67,15 @@ Subcommands:
   data: restarting ``main.py`` with ``num_train_steps`` equal to the last step
   does not evaluate (the start-of-run eval runs at step 0 only) and rewrites
   the workdir's ``config.json`` with the new data.
+* ``resolution_bound``: not a speed benchmark either, but what an output
+  resolution allows: on the validation set of the config file ``--config``
+  (as the training loop's evaluator reads it, one device), the EPE of a
+  model that is exact at 1/s of the crop (the target flow sampled on the
+  grid of the align-corners read-out, (H - 1) / (H/s - 1) pixels apart, and
+  upsampled back bilinearly, as ``flow.logits_to_flow`` does) for each
+  stride s of ``--strides``, beside nearest-guidance fill, overall and per
+  target-magnitude range. A model with ``model.upsample="bilinear"`` at
+  encoder stride s cannot do better than its row.
 
 Each subcommand is a ``(help, add_arguments, run)`` entry of ``COMMANDS``.
 BLAS/OpenMP pools are limited to one thread before NumPy is imported, so
@@ -577,6 +587,60 @@ def run_propagation(args: argparse.Namespace) -> None:
     print(f"epe_over_nearest {ratio:.3f}")
 
 
+def _add_resolution_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="experiment config file whose validation set is read")
+    parser.add_argument("--strides", default="8,4,2", help="output strides s to bound, comma-separated")
+    parser.add_argument("--num-batches", type=int, default=-1, help="eval batches (-1: the whole set)")
+
+
+def run_resolution_bound(args: argparse.Namespace) -> None:
+    """EPE of the target flow at 1/s upsampled back, per stride, beside nearest fill."""
+    import jax.numpy as jnp
+
+    from cmp_jax import evaluation
+    from cmp_jax.evaluation.baselines import nearest_guidance_flow
+    from cmp_jax.flow import resize_bilinear_align_corners
+    from input_pipeline import pipeline
+
+    strides = [int(v) for v in args.strides.split(",")]
+    config = _load_config_file(args.config)
+    dataset, _ = pipeline.create_from_config(
+        config, "eval", local_batch=config.eval_batch_size, local_devices=1, process_index=0, process_count=1
+    )
+    if args.num_batches >= 0:
+        dataset = dataset.take(args.num_batches)
+    sums: dict[str, dict[str, float]] = {}
+
+    def add(name: str, pred: np.ndarray, target: np.ndarray) -> None:
+        for key, value in evaluation.epe_sums(jnp.asarray(pred), jnp.asarray(target)).items():
+            sums.setdefault(name, {}).setdefault(key, 0.0)
+            sums[name][key] += float(value)
+
+    for batch in pipeline.numpy_batches(dataset):
+        flow, sparse, mask = (batch[k][0] for k in ("flow", "sparse", "mask"))
+        height, width = flow.shape[1:3]
+        add("nearest", nearest_guidance_flow(sparse, mask), flow)
+        for s in strides:
+            if height % s or width % s:
+                sys.exit(f"crop {height}x{width} is not a multiple of stride {s}")
+            rows = np.round(np.linspace(0, height - 1, height // s)).astype(int)
+            cols = np.round(np.linspace(0, width - 1, width // s)).astype(int)
+            coarse = flow[:, rows][:, :, cols]
+            add(
+                f"exact at 1/{s}",
+                np.asarray(resize_bilinear_align_corners(jnp.asarray(coarse), (height, width))),
+                flow,
+            )
+    names = list(evaluation.MAGNITUDE_RANGE_NAMES)
+    print(f"data: {_describe_data(config)}")
+    print("| EPE (px) | all | " + " | ".join(f"{n} px" for n in names) + " |")
+    print("| --- " * (len(names) + 2) + "|")
+    for name, values in sums.items():
+        means = evaluation.summarize_epe(values, "epe")
+        cells = [means["epe"]] + [means[f"epe/{n}"] for n in names]
+        print(f"| {name} | " + " | ".join("-" if math.isnan(v) else f"{v:.3f}" for v in cells) + " |")
+
+
 COMMANDS = {
     "sampler": ("guidance sampler vs the SciPy oracle", _add_sampler_arguments, run_sampler),
     "pipeline": ("list-file tf.data pipeline on 1 and 2 cores", _add_pipeline_arguments, run_pipeline),
@@ -591,6 +655,11 @@ COMMANDS = {
         "a trained workdir's EPE vs zero / nearest / splat on any validation data",
         _add_propagation_arguments,
         run_propagation,
+    ),
+    "resolution_bound": (
+        "EPE of a model exact at 1/s of the crop vs nearest fill",
+        _add_resolution_arguments,
+        run_resolution_bound,
     ),
 }
 

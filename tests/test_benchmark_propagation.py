@@ -237,3 +237,28 @@ def test_propagation_on_list_files_and_an_older_step(benchmark, workdir, tmp_pat
 def test_propagation_rejects_root_without_lists(benchmark, workdir):
     with pytest.raises(SystemExit, match="--lists"):
         benchmark.main(["propagation", "--workdir", str(workdir), "--root", "/tmp"])
+
+
+def test_resolution_bound_rows(tmp_path, capsys):
+    config_file = tmp_path / "tiny.py"
+    config_file.write_text(
+        "from tests.train_subprocess import tiny_config\n\n\ndef get_config():\n"
+        "    config = tiny_config()\n    config.eval_batch_size = 2\n    return config\n"
+    )
+    _load_benchmark().main(["resolution_bound", "--config", str(config_file), "--strides", "1,8"])
+    rows = {
+        line.split("|")[1].strip(): [float(v) for v in line.split("|")[2:3]]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| ") and not line.startswith("| EPE") and "---" not in line
+    }
+    assert rows["exact at 1/1"] == [0.0]  # the target itself
+    # Nearest fill as the training loop's evaluator computes it on the same examples.
+    config = tiny_config()
+    config.eval_batch_size = 2
+    dataset, _ = pipeline.create_from_config(config, "eval", local_batch=2, local_devices=1)
+    epes = []
+    for batch in dataset.as_numpy_iterator():
+        nearest = evaluation.baselines.nearest_guidance_flow(batch["sparse"][0], batch["mask"][0])
+        epes.append(np.linalg.norm(nearest - batch["flow"][0], axis=-1))
+    assert rows["nearest"][0] == pytest.approx(float(np.mean(epes)), abs=1e-3)
+    assert 0 < rows["exact at 1/8"][0] < 10

@@ -155,7 +155,7 @@ def _abstract_state(**model) -> dict:
     return state_lib._template(config)
 
 
-@pytest.mark.parametrize("change", [{"backbone": "resnet34"}, {"decoder": "skip"}])
+@pytest.mark.parametrize("change", [{"backbone": "resnet34"}, {"decoder": "skip", "upsample": "bilinear"}])
 def test_other_backbone_or_decoder_gets_our_structure_error(tmp_path, change):
     ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
     try:

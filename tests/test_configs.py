@@ -142,7 +142,9 @@ def test_config_model_initialises(name):
     config = load(name)
     model = build_model(config.model, num_bins=config.flow.num_bins)
     size = smallest_input(model)
-    out_hw = size // 2 if model.decoder == "skip" else size // model.stride
+    out_hw = {"skip": size // 2}.get(
+        model.decoder, size if model.upsample == "convex" else size // model.stride
+    )
     shape = (1, out_hw, out_hw, 2 * config.flow.num_bins)
     image, sparse = jnp.zeros((1, size, size, 3)), jnp.zeros((1, size, size, 2))
     if name in REAL_INIT:

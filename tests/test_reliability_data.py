@@ -266,3 +266,19 @@ def test_upsample_choice_and_its_decoder_are_checked():
     config.model.decoder = "skip"
     with pytest.raises(ValueError, match=r"model.upsample='convex': needs model.decoder='plain'"):
         config_check.validate_config(config)
+
+
+def test_bad_example_error_is_unwrapped(tmp_path):
+    lines = [_write_example(str(tmp_path), "huge", 1e30)] + [
+        _write_example(str(tmp_path), f"ok{i}") for i in range(3)
+    ]
+    config = _config(tmp_path, lines, lines)
+    ds, _ = pipeline.create_from_config(config, "eval", local_batch=4, local_devices=1)
+    with pytest.raises(lists.BadExampleError) as info:
+        next(pipeline.numpy_batches(ds))
+    message = str(info.value)
+    assert (
+        message.startswith(f"{tmp_path / 'val.txt'} line 1: flow ")
+        and "huge.flo holds 1 value beyond" in message
+    )
+    assert "function_node" not in message and "data.skip_bad_examples=True" in message

@@ -306,13 +306,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(two_step_run, 
     assert math.isfinite(losses[3]) and 4 not in losses  # the non-finite step is not logged
 
 
-def test_non_finite_update_is_not_checkpointed(two_step_run, tmp_path):
+def test_non_finite_update_is_not_checkpointed(two_step_run, tmp_path, monkeypatch):
     workdir = tmp_path / "run"
     shutil.copytree(two_step_run.workdir, workdir)
     # Step 3's loss is finite (computed before the update), but its update makes
     # the parameters non-finite, and step 3 is the last step: it would be saved.
+    # (An infinite optim.lr is refused by the config check, so the schedule is patched.)
+    monkeypatch.setattr(train, "learning_rate_schedule", lambda config: lambda step: float("inf"))
     config = tiny_config(num_train_steps=3)
-    config.optim.lr = float("inf")
     with pytest.raises(FloatingPointError, match=r"after step 3") as info:
         train.train_and_evaluate(config, workdir)
     assert "params/" in str(info.value)
@@ -401,40 +402,45 @@ def test_corrupt_newest_checkpoint_is_moved_aside_and_training_falls_back(full_r
     assert steps == sorted(set(steps)) == [1, 2, 3, 4]  # each step once in metrics.jsonl
 
 
-_TRAIN_UNTIL_FULL = """
-import os, resource, signal, sys
+_MAIN_UNTIL_FULL = """
+import os, resource, runpy, signal, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 os.environ["JAX_PLATFORMS"] = "cpu"
-sys.path.insert(0, sys.argv[3])
+sys.path.insert(0, os.getcwd())
 import jax
 jax.config.update("jax_disable_most_optimizations", True)
-jax.config.update("jax_compilation_cache_dir", sys.argv[2])
-from cmp_jax import checkpoint, train
-from tests.train_subprocess import tiny_config
+jax.config.update("jax_compilation_cache_dir", sys.argv[1])
 # Files cannot grow beyond 1 MB, as on a full disk; the checkpoint's arrays are larger.
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
-try:
-    train.train_and_evaluate(tiny_config(num_train_steps=6), sys.argv[1])
-except checkpoint.CheckpointSaveError as e:
-    print(e)
-    sys.exit(3)
+sys.argv = ["main.py", *sys.argv[2:]]
+runpy.run_path("main.py", run_name="__main__")
 """
 
 
 def test_failed_checkpoint_save_stops_training_with_one_message(compilation_cache_dir, tmp_path):
-    workdir = tmp_path / "run"
+    workdir, config_file = tmp_path / "run", tmp_path / "tiny.py"
+    config_file.write_text(
+        "from tests.train_subprocess import tiny_config\n\n\ndef get_config():\n"
+        "    return tiny_config(num_train_steps=6)\n"
+    )
     result = subprocess.run(
-        [sys.executable, "-c", _TRAIN_UNTIL_FULL, str(workdir), str(compilation_cache_dir), str(ROOT)],
+        [sys.executable, "-c", _MAIN_UNTIL_FULL, str(compilation_cache_dir)]
+        + [f"--config={config_file}", f"--workdir={workdir}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-4000:]
-    assert result.stdout.startswith(f"saving the checkpoint of step 2 into {workdir / 'checkpoints'} failed")
-    assert "File too large" in result.stdout and "no checkpoint is complete" in result.stdout
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-4000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        f"error: saving the checkpoint of step 2 into {workdir / 'checkpoints'} failed: "
+        + errors[0].split(" failed: ", 1)[1]
+    ]
+    assert "File too large" in errors[0] and "no checkpoint is complete" in result.stderr
     assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr
+    assert "exception not rethrown" not in result.stderr
     # Stopped at the first step after the failure was known: never reached step 6's save.
     assert max(r["step"] for r in _records(workdir)) < 6
 

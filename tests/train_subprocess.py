@@ -41,6 +41,7 @@ def tiny_config(**overrides):
 
     config = synthetic.get_config()
     config.model.backbone = "resnet18"
+    config.model.upsample = "bilinear"  # the original's decoder, as the released configs
     config.model.output_stride = 32
     config.model.img_enc_dim = 16
     config.model.decoder_combo = (1,)
