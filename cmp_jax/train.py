@@ -8,7 +8,7 @@ pmaps them. Batches are dicts from ``input_pipeline.pipeline``: ``image``
 pixels, ``num_guides`` (B,).
 
 The state, its initialisation and the optimiser (the original's SGD with step
-decay) live in ``cmp_jax.state``, which this module re-exports.
+decay) live in ``cmp_jax.state``; evaluation in ``cmp_jax.evaluation``.
 
 The loop: initialise (or resume from the newest checkpoint in
 ``workdir/checkpoints``: step, parameters, BatchNorm statistics, optimiser
@@ -38,31 +38,13 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from cmp_jax import checkpoint, config_check, evaluation, parallel
+from cmp_jax import state as state_lib
 from cmp_jax.evaluation.evaluator import Evaluator
 from cmp_jax.flow import FlowBins, logits_to_flow
 from cmp_jax.jsonl_writer import JsonlWriter
 from cmp_jax.losses import discrete_flow_loss
-from cmp_jax.state import (
-    TrainState,
-    build_from_config,
-    create_optimizer,
-    create_train_state,
-    learning_rate_schedule,
-    state_tree,
-    with_tree,
-)
+from cmp_jax.state import TrainState
 from input_pipeline import pipeline
-
-__all__ = [
-    "TrainState",
-    "build_from_config",
-    "create_optimizer",
-    "create_train_state",
-    "eval_step",
-    "learning_rate_schedule",
-    "train_and_evaluate",
-    "train_step",
-]
 
 
 def train_step(
@@ -200,8 +182,99 @@ def _create_writer(workdir: pathlib.Path, start: int) -> metric_writers.MetricWr
     )
 
 
+def _new_or_restored_state(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    schedule: Callable[[Any], Any],
+    ckpt: checkpoint.Checkpointer,
+) -> TrainState:
+    """A fresh training state, or the newest good checkpoint's (failed ones moved aside)."""
+    state = state_lib.create_train_state(config, model, state_lib.create_optimizer(config, schedule))
+    tree, latest = ckpt.restore_newest(state_lib.state_tree(state), move_aside=True)
+    if tree is None:
+        return state
+    logging.info("resumed from %s at step %d", ckpt.step_dir(latest), latest)
+    return state_lib.with_tree(state, tree)
+
+
+def _evaluate(
+    state: TrainState, evaluator: Evaluator, writer: metric_writers.MetricWriter, step: int
+) -> tuple[TrainState, dict[str, float]]:
+    """Evaluates (after averaging BatchNorm statistics over devices) and writes the metrics.
+
+    Returns:
+      (the state with averaged statistics, the eval metrics).
+    """
+    state = state.replace(batch_stats=parallel.mean_over_devices(state.batch_stats))
+    metrics, pictures = evaluator(state)
+    writer.write_scalars(step, metrics)
+    if pictures is not None:
+        writer.write_images(step, {"eval/pictures": pictures})
+    logging.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return state, metrics
+
+
+def _save(state: TrainState, ckpt: checkpoint.Checkpointer, step: int) -> TrainState:
+    """Saves the replicated state (BatchNorm statistics averaged first) unless it holds NaN/inf.
+
+    Returns:
+      The state with averaged statistics.
+
+    Raises:
+      FloatingPointError: naming the non-finite arrays; nothing is saved.
+    """
+    state = state.replace(batch_stats=parallel.mean_over_devices(state.batch_stats))
+    tree = state_lib.state_tree(parallel.first_replica(state))
+    bad = checkpoint.non_finite_arrays(tree)
+    if bad:
+        raise FloatingPointError(
+            f"non-finite values after step {step} in {len(bad)} arrays ({', '.join(bad[:5])}, ...): "
+            f"stopping without saving; the last good checkpoint (step {ckpt.latest_step()}) is kept "
+            f"in {ckpt.directory}. Lower optim.lr."
+        )
+    ckpt.save(step, tree)
+    return state
+
+
+class _TrainLog:
+    """Collects the per-step metrics between logging steps and writes their means.
+
+    Steps are dispatched without waiting for their results; the losses are
+    fetched (and checked for NaN/inf) together at each logging step and before
+    a save, which still names the first bad step.
+    """
+
+    def __init__(self, start: int, batch_size: int, ckpt: checkpoint.Checkpointer, bad_examples: Any):
+        self._batch_size, self._ckpt, self._bad_examples = batch_size, ckpt, bad_examples
+        self._history: list[dict[str, jax.Array]] = []
+        self._tick, self._tick_step = time.perf_counter(), start
+
+    def append(self, metrics: dict[str, jax.Array]) -> None:
+        """Adds one step's (replicated, possibly not yet computed) metrics."""
+        self._history.append(metrics)
+
+    def check(self) -> list[dict[str, Any]]:
+        """Fetches the pending steps' metrics; raises ``FloatingPointError`` on a non-finite loss."""
+        values = jax.device_get([parallel.first_replica(m) for m in self._history])
+        _check_finite(values, self._tick_step + 1, self._ckpt)
+        return values
+
+    def write(self, writer: metric_writers.MetricWriter, step: int) -> None:
+        """Writes the means of the steps since the last write (``train/...``) and starts anew."""
+        values = self.check()
+        elapsed = time.perf_counter() - self._tick
+        steps = step - self._tick_step
+        scalars = {f"train/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
+        scalars["train/lr"] = float(values[-1]["lr"])
+        scalars["train/steps_per_s"] = steps / elapsed
+        scalars["train/images_per_s"] = steps * self._batch_size / elapsed
+        scalars["train/bad_examples"] = self._bad_examples.count
+        writer.write_scalars(step, scalars)
+        self._history, self._tick, self._tick_step = [], time.perf_counter(), step
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
-    """Trains ``config`` in ``workdir``, resuming from its newest checkpoint if any.
+    """Trains ``config`` in ``workdir``, resuming from its newest good checkpoint if any.
 
     Args:
       config: the experiment config (``configs/base.py`` documents every field).
@@ -226,15 +299,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         jax.local_devices(),
     )
     local_batch = parallel.local_batch_size(config.batch_size)
-    model, bins = build_from_config(config)
-    schedule = learning_rate_schedule(config)
-    state = create_train_state(config, model, create_optimizer(config, schedule))
-
+    model, bins = state_lib.build_from_config(config)
+    schedule = state_lib.learning_rate_schedule(config)
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config.max_to_keep)
-    tree, latest = ckpt.restore_newest(state_tree(state), move_aside=True)
-    if tree is not None:
-        state = with_tree(state, tree)
-        logging.info("resumed from %s at step %d", ckpt.step_dir(latest), latest)
+    state = _new_or_restored_state(config, model, schedule, ckpt)
     start = int(state.step)
     if jax.process_index() == 0:
         checkpoint.write_config(workdir / "config.json", config)
@@ -258,64 +326,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         )
     )
     state = parallel.replicate(state)
-
-    def run_eval(step: int) -> dict[str, float]:
-        nonlocal state
-        state = state.replace(batch_stats=parallel.mean_over_devices(state.batch_stats))
-        metrics, pictures = evaluator(state)
-        writer.write_scalars(step, metrics)
-        if pictures is not None:
-            writer.write_images(step, {"eval/pictures": pictures})
-        logging.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        return metrics
-
-    def save(step: int) -> None:
-        nonlocal state
-        state = state.replace(batch_stats=parallel.mean_over_devices(state.batch_stats))
-        tree = state_tree(parallel.first_replica(state))
-        bad = checkpoint.non_finite_arrays(tree)
-        if bad:
-            raise FloatingPointError(
-                f"non-finite values after step {step} in {len(bad)} arrays ({', '.join(bad[:5])}, ...): "
-                f"stopping without saving; the last good checkpoint (step {ckpt.latest_step()}) is kept "
-                f"in {ckpt.directory}. Lower optim.lr."
-            )
-        ckpt.save(step, tree)
-
     eval_metrics: dict[str, float] = {}
     try:
         if start == 0 and config.eval_at_start:
-            eval_metrics = run_eval(0)
+            state, eval_metrics = _evaluate(state, evaluator, writer, 0)
         total = config.num_train_steps
         progress = periodic_actions.ReportProgress(num_train_steps=total, every_secs=60.0)
-        history: list[dict[str, jax.Array]] = []
-        tick, tick_step = time.perf_counter(), start
+        log = _TrainLog(start, config.batch_size, ckpt, bad_examples)
         batches: Iterable[dict[str, np.ndarray]] = pipeline.numpy_batches(train_ds)
-        # Steps are dispatched without waiting for their results; the losses are
-        # fetched (and checked) together at each logging step and before a save.
         for step, batch in zip(range(start + 1, total + 1), batches, strict=False):
             ckpt.poll()  # a failed asynchronous save stops training here
             state, metrics = p_train(state, batch)
-            history.append(metrics)
+            log.append(metrics)
             progress(step, time.perf_counter())
             last = step == total
             if step % config.log_every_steps == 0 or last:
-                values = jax.device_get([parallel.first_replica(m) for m in history])
-                _check_finite(values, tick_step + 1, ckpt)
-                elapsed = time.perf_counter() - tick
-                scalars = {f"train/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
-                scalars["train/lr"] = float(values[-1]["lr"])
-                scalars["train/steps_per_s"] = (step - tick_step) / elapsed
-                scalars["train/images_per_s"] = (step - tick_step) * config.batch_size / elapsed
-                scalars["train/bad_examples"] = bad_examples.count
-                writer.write_scalars(step, scalars)
-                history, tick, tick_step = [], time.perf_counter(), step
+                log.write(writer, step)
             if (config.eval_every_steps and step % config.eval_every_steps == 0) or last:
-                eval_metrics = run_eval(step)
+                state, eval_metrics = _evaluate(state, evaluator, writer, step)
             if step % config.checkpoint_every_steps == 0 or last:
-                pending = jax.device_get([parallel.first_replica(m) for m in history])
-                _check_finite(pending, tick_step + 1, ckpt)
-                save(step)
+                log.check()
+                state = _save(state, ckpt, step)
         if eval_metrics:  # the last evaluation is the final one (at step total, or 0 without steps)
             evaluation.report_summary(writer, max(start, total), eval_metrics)
     finally:  # pending checkpoint writes complete even when training stops on an error

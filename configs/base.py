@@ -129,7 +129,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Keep at most this many guidance points (-1: all).
     config.guidance.max_num_guide = -1
 
-    # --- optim: optax SGD with step decay (cmp_jax.train.create_optimizer)
+    # --- optim: optax SGD with step decay (cmp_jax.state.create_optimizer)
     config.optim = ml_collections.ConfigDict()
     # Learning rate at step 0 (not scaled with the batch size, as the original).
     config.optim.lr = 0.1

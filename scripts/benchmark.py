@@ -330,6 +330,7 @@ def run_train_step(args: argparse.Namespace) -> None:
     torch.set_num_threads(threads)
     import jax
 
+    from cmp_jax import state as state_lib
     from cmp_jax import train
     from configs import base
 
@@ -348,9 +349,9 @@ def run_train_step(args: argparse.Namespace) -> None:
         impl, dtype = v.split("-")
         config.model.conv_impl = impl
         config.model.dtype = _DTYPES[dtype]
-        model, bins = train.build_from_config(config)
-        schedule = train.learning_rate_schedule(config)
-        state = train.create_train_state(config, model, train.create_optimizer(config, schedule))
+        model, bins = state_lib.build_from_config(config)
+        schedule = state_lib.learning_rate_schedule(config)
+        state = state_lib.create_train_state(config, model, state_lib.create_optimizer(config, schedule))
         if variables is None:
             variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
         batch = jax.device_put(host_batch)

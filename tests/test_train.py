@@ -200,14 +200,14 @@ def _guided_batch(devices: int, per_device: int, size: int, seed: int = 0) -> di
 
 def test_sync_batchnorm_pmap_step_equals_one_device_step():
     config = tiny_config(sync_batchnorm=True)
-    sync_model, bins = train.build_from_config(config)
-    plain_model, _ = train.build_from_config(tiny_config(sync_batchnorm=False))
+    sync_model, bins = state_lib.build_from_config(config)
+    plain_model, _ = state_lib.build_from_config(tiny_config(sync_batchnorm=False))
     assert sync_model.bn_axis_name == parallel.AXIS_NAME and plain_model.bn_axis_name is None
     devices, size = jax.local_device_count(), config.data.crop_size[0]
     assert devices == 4
     batch = _guided_batch(devices, 1, size)
-    schedule = train.learning_rate_schedule(config)
-    state = train.create_train_state(config, plain_model, train.create_optimizer(config, schedule))
+    schedule = state_lib.learning_rate_schedule(config)
+    state = state_lib.create_train_state(config, plain_model, state_lib.create_optimizer(config, schedule))
     step = functools.partial(train.train_step, bins=bins, schedule=schedule)
 
     # Reference: one device, the global batch, BatchNorm over all of it.
@@ -312,7 +312,7 @@ def test_non_finite_update_is_not_checkpointed(two_step_run, tmp_path, monkeypat
     # Step 3's loss is finite (computed before the update), but its update makes
     # the parameters non-finite, and step 3 is the last step: it would be saved.
     # (An infinite optim.lr is refused by the config check, so the schedule is patched.)
-    monkeypatch.setattr(train, "learning_rate_schedule", lambda config: lambda step: float("inf"))
+    monkeypatch.setattr(state_lib, "learning_rate_schedule", lambda config: lambda step: float("inf"))
     config = tiny_config(num_train_steps=3)
     with pytest.raises(FloatingPointError, match=r"after step 3") as info:
         train.train_and_evaluate(config, workdir)
@@ -481,7 +481,7 @@ def test_missing_data_and_bad_values_fail_before_anything_is_built_or_written(tm
 
     monkeypatch.chdir(tmp_path)  # the config's relative list paths resolve to nothing here
     built = []
-    monkeypatch.setattr(train, "build_from_config", lambda *a: built.append(a))
+    monkeypatch.setattr(state_lib, "build_from_config", lambda *a: built.append(a))
     with pytest.raises(FileNotFoundError, match=r"2 missing") as info:
         train.train_and_evaluate(yfcc_resnet.get_config(), tmp_path / "run")
     assert "lists/train.txt does not exist" in str(info.value) and "lists/val.txt does not exist" in str(
@@ -497,7 +497,7 @@ def test_missing_data_and_bad_values_fail_before_anything_is_built_or_written(tm
 def test_optimizer_matches_torch_sgd():
     config = base.get_config()
     config.optim.lr_steps = (2, 4)
-    tx = train.create_optimizer(config, train.learning_rate_schedule(config))
+    tx = state_lib.create_optimizer(config, state_lib.learning_rate_schedule(config))
     rng = np.random.default_rng(0)
     # Parameters far larger than the gradients, so the weight decay term matters.
     params = {
@@ -534,7 +534,7 @@ def test_learning_rate_schedule_default_steps():
     config = base.get_config()
     config.optim.lr_steps = ()
     config.num_train_steps = 10
-    schedule = train.learning_rate_schedule(config)
+    schedule = state_lib.learning_rate_schedule(config)
     steps = (round(10 * 2 / 3.5), round(10 * 3 / 3.5))
     assert steps == (6, 9) != (int(10 * 2 / 3.5), int(10 * 3 / 3.5))  # rounding, not truncation
     lrs = [float(schedule(i)) for i in range(10)]
@@ -542,9 +542,9 @@ def test_learning_rate_schedule_default_steps():
     np.testing.assert_allclose(lrs, expected, rtol=1e-6)
 
     config.num_train_steps = 42_000  # the paper's 42k iterations: decay at 24k and 36k
-    default = train.learning_rate_schedule(config)
+    default = state_lib.learning_rate_schedule(config)
     config.optim.lr_steps = (24_000, 36_000)
-    explicit = train.learning_rate_schedule(config)
+    explicit = state_lib.learning_rate_schedule(config)
     for i in (0, 23_999, 24_000, 35_999, 36_000, 41_999):
         assert float(default(i)) == float(explicit(i)), i
 
@@ -555,7 +555,7 @@ def test_learning_rate_schedule_cosine_and_warmup():
     config.optim.lr = 0.2
     config.optim.schedule = "cosine"
     config.optim.warmup_steps = 4
-    schedule = train.learning_rate_schedule(config)
+    schedule = state_lib.learning_rate_schedule(config)
     lrs = np.array([float(schedule(i)) for i in range(21)])
     t = np.clip((np.arange(21) - 4) / 16, 0, 1)
     expected = 0.2 * 0.5 * (1 + np.cos(np.pi * t)) * np.minimum(1, (np.arange(21) + 1) / 4)
@@ -564,11 +564,11 @@ def test_learning_rate_schedule_cosine_and_warmup():
     # Warm-up on top of the step decay; lr_steps are not read by the cosine schedule.
     config.optim.schedule = "step"
     config.optim.lr_steps = (10,)
-    step = train.learning_rate_schedule(config)
+    step = state_lib.learning_rate_schedule(config)
     assert [round(float(step(i)), 6) for i in (0, 3, 9, 10)] == [0.05, 0.2, 0.2, 0.02]
     config.optim.schedule = "linear"
     with pytest.raises(ValueError, match="optim.schedule"):
-        train.learning_rate_schedule(config)
+        state_lib.learning_rate_schedule(config)
 
 
 def test_local_batch_size_names_the_config_field():
