@@ -14,15 +14,8 @@ Original: 16 GPUs x 10 images (global batch 160), 70k iterations (lr / 10 at
 40k and 60k), crop 320 of short side 416, G = 80 (its grid includes row and
 column 0), K = 15, no guidance cap; evaluation and checkpoint every 10k.
 
-Cost: 70,000 steps x 160 = 11.2M images. Not measured; rough estimates:
-training costs about 235 GFLOP per image (3x the 78 GFLOP forward pass at
-320x320, from XLA's cost analysis), 2.6 EFLOP in all: 3.5-7.5 h on one H100
-sustaining 100-200 TFLOP/s, with the input pipeline (65-98 samples/s per CPU
-core, measured on the development machine) needing about 5-13 host cores to
-keep up. Memory: XLA's memory analysis (compiled for CPU) puts float32
-training at about 0.9 GiB per image, about 145 GiB for the global batch: more
-than one H100 (80 GB) or H200 (141 GB) holds, so use several devices (or a
-smaller ``batch_size``, which changes the recipe).
+Cost: 70,000 steps x 160 = 11.2M images. Memory per device and
+throughput are measured in the README's tables, not here.
 """
 
 import ml_collections

@@ -14,14 +14,8 @@ Original: 8 GPUs x 8 images (global batch 64), 42k iterations (lr / 10 at
 24k and 36k), crop 384 of short side 416, G = 131, K = 41, no guidance cap;
 evaluation and checkpoint every 5k, validation on VIP ``randval``.
 
-Cost: 42,000 steps x 64 = 2.69M images. Not measured; rough estimates:
-training costs about 425 GFLOP per image (3x the 142 GFLOP forward pass at
-384x384, from XLA's cost analysis), 1.1 EFLOP in all: 1.5-3.5 h on one H100
-sustaining 100-200 TFLOP/s, with the input pipeline (65-98 samples/s per CPU
-core, measured on the development machine) needing about 3-7 host cores to
-keep up. Memory: XLA's memory analysis (compiled for CPU) puts float32
-training at about 1.6 GiB per image, about 100 GiB for the global batch: more
-than one H100 (80 GB) holds, within one H200 (141 GB).
+Cost: 42,000 steps x 64 = 2.69M images. Memory per device and
+throughput are measured in the README's tables, not here.
 """
 
 import ml_collections

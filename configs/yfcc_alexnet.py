@@ -10,15 +10,8 @@ K = 41, at most 150 guidance points; evaluation and checkpoint every 10k.
 Data: YFCC, as the base. ``configs/yfcc_alexnet_8gpu.py`` is the same recipe
 with half the batch and twice the steps.
 
-Cost: 70,000 steps x 192 = 13.44M images. Not measured; rough estimates:
-training costs about 44 GFLOP per image (3x the 15 GFLOP forward pass at
-384x384, from XLA's cost analysis), 0.6 EFLOP in all: 0.8-1.6 h of H100
-compute at 100-200 TFLOP/s, so the input pipeline (65-98 samples/s per CPU
-core, measured on the development machine) sets the pace: about 2.5-3.5 h
-with 16 host cores. Memory: XLA's memory analysis (compiled for CPU) puts
-float32 training at about 0.51 GiB per image (mostly the loss on logits
-upsampled to the full crop), about 100 GiB for the global batch: more than
-one H100 (80 GB) holds, within one H200 (141 GB).
+Cost: 70,000 steps x 192 = 13.44M images. Memory per device and
+throughput are measured in the README's tables, not here.
 """
 
 import ml_collections

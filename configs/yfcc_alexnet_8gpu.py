@@ -11,10 +11,8 @@ Original: 8 GPUs x 12 images (global batch 96), 140k iterations (lr / 10 at
 80k and 120k), crop 384 of short side 416, G = 80, K = 41, at most 150
 guidance points; evaluation and checkpoint every 10k. Data: YFCC, as the base.
 
-Cost: 140,000 steps x 96 = 13.44M images, the same compute as
-``configs/yfcc_alexnet.py`` (see its docstring; not measured). Memory: about
-50 GiB for the global batch of 96 in float32 (XLA's estimate compiled for
-CPU): the one released recipe whose global batch fits one H100 (80 GB).
+Cost: 140,000 steps x 96 = 13.44M images. Memory per device and
+throughput are measured in the README's tables, not here.
 """
 
 import ml_collections

@@ -12,16 +12,9 @@ Original: 16 GPUs x 10 images (global batch 160), 42k iterations (lr / 10 at
 evaluation and checkpoint every 10k. Data: ``data/yfcc/lists/{train,val}.txt``
 (the README's layout; YFCC frames, flow and lists were released).
 
-Cost: 42,000 steps x 160 = 6.72M images. The paper reports 7.5 h on 16 GTX
-1080 Ti. Not measured here; rough estimates: training costs about 235 GFLOP
-per image (3x the 78 GFLOP forward pass at 320x320, from XLA's cost
-analysis), 1.6 EFLOP in all: 2-4.5 h on one H100 sustaining 100-200 TFLOP/s,
-with the input pipeline (65-98 samples/s per CPU core, measured on the
-development machine) needing about 5-13 host cores to keep up. Memory: XLA's
-memory analysis (compiled for CPU) puts float32 training at about 0.9 GiB per
-image, about 145 GiB for the global batch: more than one H100 (80 GB) or H200
-(141 GB) holds, so use several devices (or a smaller ``batch_size``, which
-changes the recipe).
+Cost: 42,000 steps x 160 = 6.72M images (the paper reports 7.5 h on 16 GTX
+1080 Ti). Memory per device and throughput are measured in the README's
+tables, not here.
 """
 
 import ml_collections
