@@ -15,7 +15,7 @@ Original: 16 GPUs x 10 images (global batch 160), 70k iterations (lr / 10 at
 column 0), K = 15, no guidance cap; evaluation and checkpoint every 10k.
 
 Cost: 70,000 steps x 160 = 11.2M images. Memory per device and
-throughput are measured in the README's tables, not here.
+throughput are measured in docs/benchmarks.md, not here.
 """
 
 import ml_collections

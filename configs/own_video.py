@@ -30,7 +30,7 @@ watershed guidance scaled to the crop with the paper's ratios at 320 px
 batch 8, evaluating every 250 steps on the whole ``val.txt`` (EPE of the model
 beside the zero-flow, nearest-guidance and splat baselines) and saving a
 checkpoint every 250 steps; the cosine schedule follows a command-line
-``--config.num_train_steps=N``. The README's "Your own videos" section gives
+``--config.num_train_steps=N``. docs/own_videos.md gives
 a measured run on real footage.
 """
 

@@ -15,7 +15,7 @@ Original: 8 GPUs x 8 images (global batch 64), 42k iterations (lr / 10 at
 evaluation and checkpoint every 5k, validation on VIP ``randval``.
 
 Cost: 42,000 steps x 64 = 2.69M images. Memory per device and
-throughput are measured in the README's tables, not here.
+throughput are measured in docs/benchmarks.md, not here.
 """
 
 import ml_collections

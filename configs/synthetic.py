@@ -1,33 +1,35 @@
 """The embedded default: a small CMP on the procedural moving-sprites dataset.
 
-Launch (no download needed; sized for about 10 minutes on a 2-core CPU, see
-the README's "The embedded default" for the measured run)::
+Launch (no download needed; sized for a run of under 10 minutes on a 2-core
+CPU; "The embedded default" in docs/training.md gives the measured run)::
 
     python main.py --config=configs/synthetic.py --workdir=runs/synthetic
 
-ResNet-18 (output stride 8) with the plain decoder and convex upsampling, 64 x 64 crops from 72 x 72
-procedural frames, grid + watershed guidance with K and G scaled from the
-paper's 384-pixel values (K = 13, G = 33), batch 8.
+Cost: 1,500 steps x 8 = 12,000 images of 64 x 64, plus 4 evaluations of 128.
 
-What differs from the released recipes, and why (each measured in the README's
-lever table, 900-step runs on the same machine):
+ResNet-18 (output stride 8) with the plain decoder and convex upsampling,
+64 x 64 crops from 72 x 72 procedural frames, grid + watershed guidance with K
+and G scaled down from the paper's 384-pixel values (K = 13, G = 33), batch 8.
+
+What differs from the released recipes, and why (the lever table of
+docs/benchmarks.md measures each):
 
 * The motion: 1-3 objects of radius 0.12-0.3 of the frame moving up to 16 px
-  (camera up to 3 px), so that about 15% of the pixels move 10-40 px and the
-  fast objects carry real weight in the loss (with the generator's defaults
-  scaled to 72 px only 1% do, and the model learns to ignore them).
+  (camera up to 3 px), so that the fast objects carry real weight in the
+  loss; with the generator's defaults scaled to 72 px almost no pixel moves
+  fast, and the model learns to ignore them.
 * Gaussian targets over the bins (``loss.label_sigma = 1`` px) instead of
-  one-hot ones: each example teaches the neighbouring bins too, which is what
-  lets the decoder learn to read a guidance value within a few hundred steps.
+  one-hot ones: each example teaches the neighbouring bins too, which lets
+  the decoder learn to read a guidance value sooner.
 * Convex upsampling of the logits (``model.upsample = "convex"``): the fast
-  objects are a few 8-pixel cells wide, and bilinear upsampling from 1/8 blurs
-  their edges; learned convex upsampling lowered the final EPE from 1.99 to
-  1.79 px at the same cost per step.
+  objects are a few 8-pixel cells wide, and bilinear upsampling from 1/8
+  blurs their edges.
 * lr 0.02 with a cosine schedule: with the original's tiny initialisation
   (conv gain 0.02) the BatchNorm-followed convolutions take large effective
-  steps; 0.01 learns slower, 0.05 worse. He initialisation did not leave the
-  zero-flow solution in 600 steps at lr 0.02 or 0.1 (its weights are ~50x
-  larger, so the same lr moves them ~2500x less relative to their size).
+  steps; a smaller lr learns slower, a larger one worse. He initialisation
+  did not leave the zero-flow solution in these budgets (its weights are
+  about 50x larger, so the same lr moves them about 2500x less relative to
+  their size).
 
 Evaluation every 500 steps (and at the end) compares the model's end-point
 error with the zero-flow, nearest-guidance and Gaussian-splat baselines on the

@@ -11,7 +11,7 @@ Data: YFCC, as the base. ``configs/yfcc_alexnet_8gpu.py`` is the same recipe
 with half the batch and twice the steps.
 
 Cost: 70,000 steps x 192 = 13.44M images. Memory per device and
-throughput are measured in the README's tables, not here.
+throughput are measured in docs/benchmarks.md, not here.
 """
 
 import ml_collections

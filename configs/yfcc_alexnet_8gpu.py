@@ -1,6 +1,6 @@
 """BN-AlexNet on YFCC, 8 GPUs: the original's ``rep_learning/alexnet_yfcc_voc_8gpu_140k``.
 
-The README's single-node recipe: ``configs/yfcc_alexnet.py`` with half the
+The single-node recipe: ``configs/yfcc_alexnet.py`` with half the
 global batch and twice the iterations, so it sees the same 13.44M images.
 
 Launch::
@@ -12,7 +12,7 @@ Original: 8 GPUs x 12 images (global batch 96), 140k iterations (lr / 10 at
 guidance points; evaluation and checkpoint every 10k. Data: YFCC, as the base.
 
 Cost: 140,000 steps x 96 = 13.44M images. Memory per device and
-throughput are measured in the README's tables, not here.
+throughput are measured in docs/benchmarks.md, not here.
 """
 
 import ml_collections

@@ -9,7 +9,7 @@ Original: 16 GPUs x 16 images (global batch 256), 42k iterations (lr / 10 at
 evaluation and checkpoint every 10k. Data: YFCC, as the base.
 
 Cost: 42,000 steps x 256 = 10.75M images. Memory per device and
-throughput are measured in the README's tables, not here.
+throughput are measured in docs/benchmarks.md, not here.
 """
 
 import ml_collections

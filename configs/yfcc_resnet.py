@@ -10,11 +10,11 @@ Launch::
 Original: 16 GPUs x 10 images (global batch 160), 42k iterations (lr / 10 at
 24k and 36k), crop 320 of short side 416, G = 165, K = 67, no guidance cap;
 evaluation and checkpoint every 10k. Data: ``data/yfcc/lists/{train,val}.txt``
-(the README's layout; YFCC frames, flow and lists were released).
+(the layout of docs/data.md; YFCC frames, flow and lists were released).
 
 Cost: 42,000 steps x 160 = 6.72M images (the paper reports 7.5 h on 16 GTX
-1080 Ti). Memory per device and throughput are measured in the README's
-tables, not here.
+1080 Ti). Memory per device and throughput are measured in
+docs/benchmarks.md, not here.
 """
 
 import ml_collections

@@ -14,7 +14,7 @@ Original: 16 GPUs x 12 images (global batch 192), 140k iterations (lr / 10 at
 values), at most 150 guidance points; evaluation and checkpoint every 10k.
 
 Cost: 140,000 steps x 192 = 26.88M images. Memory per device and
-throughput are measured in the README's tables, not here.
+throughput are measured in docs/benchmarks.md, not here.
 """
 
 import ml_collections
