@@ -1,4 +1,4 @@
-"""Guidance sampler (input_pipeline.guidance) against the SciPy oracle of the original."""
+"""Guidance sampler (input_pipeline.guidance) against its SciPy transcription of the original."""
 
 import concurrent.futures
 import math
@@ -12,7 +12,9 @@ import pytest
 from scipy import signal
 
 from input_pipeline import guidance
-from tests import guidance_oracle as oracle
+from input_pipeline.guidance import edges as edge_stage
+from input_pipeline.guidance import nms, reference
+from input_pipeline.guidance.common import Box
 
 
 def _flows():
@@ -22,22 +24,24 @@ def _flows():
     for i, (h, w) in enumerate(
         [(48, 48), (64, 97), (131, 80), (200, 256), (256, 256), (384, 384), (320, 416)] * 4
     ):
-        cases.append((f"rigid{i}_{h}x{w}", oracle.piecewise_rigid_flow(h, w, rng, int(rng.integers(1, 6)))))
+        cases.append(
+            (f"rigid{i}_{h}x{w}", reference.piecewise_rigid_flow(h, w, rng, int(rng.integers(1, 6))))
+        )
     cases.append(("zero", np.zeros((60, 70, 2), np.float32)))
     cases.append(("translation", np.full((60, 70, 2), 3.5, np.float32)))
     one = np.zeros((60, 70, 2), np.float32)
     one[20, 33] = (1.5, -2.0)
     cases.append(("one_pixel", one))
-    tiny = oracle.piecewise_rigid_flow(90, 90, rng) * np.float32(1e-5)  # strengths below the 0.01 floor
+    tiny = reference.piecewise_rigid_flow(90, 90, rng) * np.float32(1e-5)  # strengths below the 0.01 floor
     cases.append(("tiny", tiny))
-    big = oracle.piecewise_rigid_flow(120, 150, rng) * np.float32(300)
+    big = reference.piecewise_rigid_flow(120, 150, rng) * np.float32(300)
     big[rng.integers(0, 120, 20), rng.integers(0, 150, 20)] = rng.choice([-1e4, 1e4], (20, 2))
     cases.append(("extremes", big))
     y, x = np.mgrid[0:100, 0:140].astype(np.float32)
     cases.append(("rotation", np.stack([-(y - 50) * 0.02, (x - 70) * 0.02], axis=-1)))
-    cases.append(("integer", np.round(oracle.piecewise_rigid_flow(150, 170, rng, 5))))
+    cases.append(("integer", np.round(reference.piecewise_rigid_flow(150, 170, rng, 5))))
     # 8-bit flow images decoded as the original does: v / 255 * 100 - 50.
-    quantised = np.round((oracle.piecewise_rigid_flow(160, 120, rng) + 50) / 100 * 255)
+    quantised = np.round((reference.piecewise_rigid_flow(160, 120, rng) + 50) / 100 * 255)
     cases.append(("jpg_quantised", (quantised / 255 * 100 - 50).astype(np.float32)))
     return cases
 
@@ -46,18 +50,18 @@ FLOWS = _flows()
 
 
 @pytest.mark.parametrize("name,flow", FLOWS, ids=[name for name, _ in FLOWS])
-def test_stages_equal_oracle(name, flow):
+def test_stages_equal_reference(name, flow):
     edges = guidance.motion_edges(flow)
-    expected_edges = oracle.motion_edges(flow)
+    expected_edges = reference.motion_edges(flow)
     np.testing.assert_array_equal(edges, expected_edges)
     distance = guidance.edge_distance(edges)
-    expected_distance = oracle.edge_distance(expected_edges)
+    expected_distance = reference.edge_distance(expected_edges)
     assert distance.dtype == np.float32
     np.testing.assert_array_equal(distance, expected_distance.astype(np.float32))
     for k in (15, 41, 81):
         np.testing.assert_array_equal(
             guidance.nms_candidates(distance, k),
-            oracle.nms_candidates(expected_distance, k),
+            reference.nms_candidates(expected_distance, k),
             err_msg=f"K={k}",
         )
 
@@ -77,23 +81,23 @@ def test_no_motion_edge_distance_is_scipys():
     edges = np.zeros((5, 7), bool)
     y, x = np.mgrid[0:5, 0:7]
     expected = np.sqrt((y + 1.0) ** 2 + x**2)
-    np.testing.assert_array_equal(oracle.edge_distance(edges), expected)
+    np.testing.assert_array_equal(reference.edge_distance(edges), expected)
     np.testing.assert_array_equal(guidance.edge_distance(edges), expected.astype(np.float32))
     # Its maxima lie on the image border, so no candidate survives, except with K = 1.
     assert not guidance.nms_candidates(expected, 41).any()
-    np.testing.assert_array_equal(guidance.nms_candidates(expected, 1), oracle.nms_candidates(expected, 1))
+    np.testing.assert_array_equal(guidance.nms_candidates(expected, 1), reference.nms_candidates(expected, 1))
     assert guidance.nms_candidates(expected, 1).sum() == 3 * 5
 
 
 @pytest.mark.parametrize("k", [1, 3, 5, 9])
-def test_small_windows_equal_oracle(k):
+def test_small_windows_equal_reference(k):
     rng = np.random.default_rng(k)
-    distance = oracle.edge_distance(oracle.motion_edges(oracle.piecewise_rigid_flow(40, 33, rng)))
-    np.testing.assert_array_equal(guidance.nms_candidates(distance, k), oracle.nms_candidates(distance, k))
+    distance = reference.edge_distance(reference.motion_edges(reference.piecewise_rigid_flow(40, 33, rng)))
+    np.testing.assert_array_equal(guidance.nms_candidates(distance, k), reference.nms_candidates(distance, k))
 
 
-def test_concurrent_threads_equal_oracle():
-    """The numba kernels release the GIL and share no state: threads give the oracle's points."""
+def test_concurrent_threads_equal_reference():
+    """The numba kernels release the GIL and share no state: threads give the reference's points."""
     config = guidance.SamplerConfig(("grid", "watershed"), 0.000025, 41)
     cases = [(i, flow) for i, (_, flow) in enumerate(FLOWS[:12])] * 2
 
@@ -104,7 +108,7 @@ def test_concurrent_threads_equal_oracle():
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = list(pool.map(ours, cases))
     for (seed, flow), points in zip(cases, results, strict=True):
-        rows, cols = oracle.sample_points(
+        rows, cols = reference.sample_points(
             flow, ["grid", "watershed"], 0.000025, 41, -1, np.random.default_rng(seed)
         )
         np.testing.assert_array_equal(points, np.stack([cols, rows], axis=1))
@@ -122,13 +126,13 @@ def test_float32_distances_keep_the_order():
 
 
 @pytest.mark.parametrize("k", [3, 5, 15, 41])
-def test_nms_on_plateaus_equals_oracle(k):
+def test_nms_on_plateaus_equals_reference(k):
     """Maps with many ties, zeros and local maxima (not distance maps)."""
     rng = np.random.default_rng(k)
     for h, w, levels in [(50, 60, 3), (64, 97, 20), (90, 45, 400)]:
         distance = np.sqrt(rng.integers(0, levels, (h, w)).astype(np.float64))
         np.testing.assert_array_equal(
-            guidance.nms_candidates(distance, k), oracle.nms_candidates(distance, k), err_msg=f"{h}x{w}"
+            guidance.nms_candidates(distance, k), reference.nms_candidates(distance, k), err_msg=f"{h}x{w}"
         )
 
 
@@ -163,33 +167,37 @@ def _local_edge_maps():
     return maps
 
 
+def _nms_work(size):
+    return nms.NmsWork(np.empty(size, np.int32), np.empty(size, np.int32), np.empty(size, bool))
+
+
 @pytest.mark.parametrize("k", [1, 3, 5, 15, 41, 81])
-def test_edge_box_crop_equals_oracle(k):
+def test_edge_box_crop_equals_reference(k):
     """The watershed computes the distance only on the edges' bounding box widened by K // 2."""
     for i, edges in enumerate(_local_edge_maps()):
         h, w = edges.shape
         ys, xs = np.flatnonzero(edges.any(axis=1)), np.flatnonzero(edges.any(axis=0))
-        box = (ys[0], ys[-1], xs[0], xs[-1]) if len(ys) else (h, -1, w, -1)
-        work32, work8 = np.empty(2 * h * w, np.int32), np.empty(h * w, bool)
-        rows, cols = guidance._watershed_kernel(edges, box, k, work32, work8)
-        expected = oracle.nms_candidates(oracle.edge_distance(edges), k)
+        box = Box(ys[0], ys[-1] + 1, xs[0], xs[-1] + 1) if len(ys) else Box(h, 0, w, 0)
+        rows, cols = nms.watershed_candidates(edges, box, k, _nms_work(h * w))
+        expected = reference.nms_candidates(reference.edge_distance(edges), k)
         np.testing.assert_array_equal(rows, np.nonzero(expected)[0], err_msg=f"map {i}")
         np.testing.assert_array_equal(cols, np.nonzero(expected)[1], err_msg=f"map {i}")
 
 
 @pytest.mark.parametrize("step", [1, 3, 8, 16])
-def test_pruned_nms_equals_oracle(step):
+def test_pruned_nms_equals_reference(step):
     """The pruned NMS (exact distances on every ``step``-th row only) on whole-image boxes."""
     for name, flow in FLOWS[::3]:
-        edges = oracle.motion_edges(flow)
+        edges = reference.motion_edges(flow)
         h, w = edges.shape
         if not edges.any() or min(h, w) < 3:
             continue
-        distance = oracle.edge_distance(edges)
-        work32, work8 = np.empty(2 * h * w, np.int32), np.empty(h * w, bool)
+        distance = reference.edge_distance(edges)
         for k in (3, 15, 49, 81):
-            rows, cols = guidance._pruned_nms(edges, k, 0, h, 0, w, 1, h - 1, 1, w - 1, step, work32, work8)
-            expected = np.nonzero(oracle.nms_candidates(distance, k))
+            rows, cols = nms._pruned_nms(
+                edges, k, Box(0, h, 0, w), Box(1, h - 1, 1, w - 1), step, _nms_work(h * w)
+            )
+            expected = np.nonzero(reference.nms_candidates(distance, k))
             np.testing.assert_array_equal(rows, expected[0], err_msg=f"{name} K={k}")
             np.testing.assert_array_equal(cols, expected[1], err_msg=f"{name} K={k}")
 
@@ -199,154 +207,210 @@ def test_window_max_clips_at_the_ends():
     for n, half in [(1, 3), (7, 1), (40, 5), (41, 20), (100, 60), (384, 40), (50, 0), (9, 4)]:
         values = rng.integers(0, 50, n).astype(np.int32)
         out = np.empty(n, np.int32)
-        guidance._window_max(values, half, out, np.empty((2, n + 2 * half), np.int32))
+        nms._window_max(values, half, out, np.empty((2, n + 2 * half), np.int32))
         expected = [values[max(0, x - half) : x + half + 1].max() for x in range(n)]
         np.testing.assert_array_equal(out, expected, err_msg=f"n={n} half={half}")
 
 
-def test_threshold_ties_are_decided_in_float64():
-    """Strengths exactly at 0.1 * peak: the float64 division and comparison decide."""
+def test_threshold_ties_are_decided_in_float32():
+    """Strengths exactly at 0.1 * peak: the float32 division and comparison decide."""
     for step in (1.0, 0.3, 0.7, 3e-3, 12.5):
         flow = np.zeros((40, 50, 2), np.float32)
         flow[:, 20:, 0] = np.float32(10 * step)  # Sobel strength 40 * step: the peak
         flow[5:30, 35:, 1] = np.float32(step)  # 4 * step: at the threshold
-        np.testing.assert_array_equal(guidance.motion_edges(flow), oracle.motion_edges(flow), err_msg=step)
+        np.testing.assert_array_equal(guidance.motion_edges(flow), reference.motion_edges(flow), err_msg=step)
 
 
 def test_threshold_as_one_comparison():
-    """``s >= _least_above(peak)`` decides ``s / peak > 0.1`` exactly, also next to the threshold."""
+    """``s >= _least_above(peak)`` decides the float32 ``s / peak > 0.1`` exactly, also next to it."""
     rng = np.random.default_rng(2)
-    peaks = np.concatenate([[0.01, 0.03, 1.0, 3.0, 40.0], 10.0 ** rng.uniform(-2, 6, 300)])
+    peaks = np.float32(np.concatenate([[0.01, 0.03, 1.0, 3.0, 40.0], 10.0 ** rng.uniform(-2, 30, 300)]))
+    tenth = np.float32(0.1)
     for peak in peaks:
-        low = guidance._least_above(peak)
-        near = 0.1 * peak + np.arange(-8, 9) * np.spacing(0.1 * peak)
-        np.testing.assert_array_equal(near >= low, near / peak > 0.1, err_msg=peak)
-        assert low / peak > 0.1 >= np.nextafter(low, 0) / peak
+        low = edge_stage._least_above(peak)
+        assert np.float32(low) == low  # a float32 (returned as a Python float)
+        low = np.float32(low)
+        near = np.float32(tenth * peak) + np.arange(-8, 9, dtype=np.float32) * np.spacing(tenth * peak)
+        np.testing.assert_array_equal(near >= low, near / peak > tenth, err_msg=peak)
+        assert low / peak > tenth >= np.nextafter(low, np.float32(0)) / peak
+
+
+def _scipy_strengths(flow):
+    """Edge strengths as the original computes them: float32 ``convolve2d``, NumPy's float32 magnitudes."""
+    magnitudes = []
+    for c in range(2):
+        gx = signal.convolve2d(flow[..., c], reference.SOBEL, mode="same", boundary="symm")
+        gy = signal.convolve2d(flow[..., c], reference.SOBEL.T, mode="same", boundary="symm")
+        magnitudes.append(np.sqrt(gx**2 + gy**2))
+    return sum(magnitudes)
+
+
+def _float64_edges(flow):
+    """The edge map of the same operations in float64 (integer Sobel kernel): not what the original does."""
+    kernel = reference.SOBEL.astype(np.int64)
+    magnitudes = []
+    for c in range(2):
+        gx = signal.convolve2d(flow[..., c], kernel, mode="same", boundary="symm")
+        gy = signal.convolve2d(flow[..., c], kernel.T, mode="same", boundary="symm")
+        magnitudes.append(np.sqrt(gx**2 + gy**2))
+    strength = sum(magnitudes)
+    return strength / max(strength.max(), 0.01) > 0.1
+
+
+def _strengths(flow, literal):
+    h, w = flow.shape[:2]
+    strength = np.empty((h, w), np.float32)
+    if literal:
+        peak = edge_stage._literal_strengths(flow, strength)
+    else:
+        row_peak = np.empty(h, np.int32)
+        assert edge_stage._strengths(flow, strength, row_peak) == np.abs(flow).max()
+        peak = row_peak.view(np.float32).max()
+    return strength, peak
 
 
 def test_sobel_sums_in_scipys_order():
-    """Values spanning ~2**60: float64 Sobel sums round, and do so in SciPy's order.
+    """Values spanning ~2**60: float32 Sobel sums round, and do so in SciPy's order.
 
     Another summation order (NumPy's, below) gives different strengths here; ours
-    are the reference's bit for bit.
+    are the original's bit for bit.
     """
     rng = np.random.default_rng(4)
     flow = rng.choice([1.0, -3.0, 1e-9, -7e-10, 1e8, 0.1], size=(30, 40, 2)).astype(np.float32)
     flow *= rng.random((30, 40, 2), np.float32)
-    magnitudes = []
-    for c in range(2):
-        gx = signal.convolve2d(flow[..., c], oracle.SOBEL, mode="same", boundary="symm")
-        gy = signal.convolve2d(flow[..., c], oracle.SOBEL.T, mode="same", boundary="symm")
-        magnitudes.append(np.sqrt(gx**2 + gy**2))
-    expected = magnitudes[0] + magnitudes[1]
+    expected = _scipy_strengths(flow)
+    assert expected.dtype == np.float32
     for literal in (False, True):
-        strength = np.empty(flow.shape[:2])
-        peak = guidance._edge_strength(flow, literal, strength)
+        strength, peak = _strengths(flow, literal)
         np.testing.assert_array_equal(strength, expected)
         assert peak == expected.max()
-    padded = np.pad(flow[..., 0].astype(np.float64), 1, mode="edge")
-    other_gx = (padded[:-2, 2:] + 2 * padded[1:-1, 2:] + padded[2:, 2:]) - (
-        padded[:-2, :-2] + 2 * padded[1:-1, :-2] + padded[2:, :-2]
+    padded = np.pad(flow[..., 0], 1, mode="edge")
+    two = np.float32(2)
+    other_gx = (padded[:-2, 2:] + two * padded[1:-1, 2:] + padded[2:, 2:]) - (
+        padded[:-2, :-2] + two * padded[1:-1, :-2] + padded[2:, :-2]
     )
-    scipy_gx = signal.convolve2d(flow[..., 0], oracle.SOBEL, mode="same", boundary="symm")
-    assert np.any(np.abs(other_gx) != np.abs(scipy_gx))
-    np.testing.assert_array_equal(guidance.motion_edges(flow), oracle.motion_edges(flow))
+    scipy_gx = signal.convolve2d(flow[..., 0], reference.SOBEL, mode="same", boundary="symm")
+    assert other_gx.dtype == np.float32 and np.any(np.abs(other_gx) != np.abs(scipy_gx))
+    np.testing.assert_array_equal(guidance.motion_edges(flow), reference.motion_edges(flow))
+
+
+def _strength_cases():
+    """Flows for the strengths: real-like, scales, cancellation, values spanning 2**60, subnormals."""
+    rng = np.random.default_rng(21)
+    cases = [(name, flow) for name, flow in FLOWS]
+    for scale in (1e-42, 1e-30, 1e-6, 1.0, 1e6, 1e12, 1e17):
+        cases.append((f"noise{scale:g}", (rng.standard_normal((40, 50, 2)) * scale).astype(np.float32)))
+    pattern = reference.piecewise_rigid_flow(60, 80, rng, 4) * np.float32(1e-3)
+    cases.append(("offset", pattern + np.float32(3e4)))  # large values, small differences
+    spread = rng.choice([1.0, -3.0, 1e-9, -7e-10, 1e8, 0.1], (30, 40, 2)).astype(np.float32)
+    cases.append(("spread", spread * rng.random((30, 40, 2), np.float32)))
+    for i in range(200):  # random sizes, scales and motions
+        h, w = (int(v) for v in rng.integers(1, 70, 2))
+        flow = reference.piecewise_rigid_flow(h, w, rng, int(rng.integers(1, 6)), float(rng.uniform(0.1, 60)))
+        cases.append((f"random{i}", flow * np.float32(10.0 ** rng.uniform(-3, 3))))
+    return cases
+
+
+def test_strengths_are_the_originals_bit_for_bit():
+    """Float32 strengths of both kernels equal SciPy's float32 ``convolve2d`` ones, bit for bit."""
+    for name, flow in _strength_cases():
+        expected = _scipy_strengths(flow)
+        for literal in (False, True):
+            strength, peak = _strengths(flow, literal)
+            np.testing.assert_array_equal(strength.view(np.int32), expected.view(np.int32), err_msg=name)
+            assert peak == expected.max(), name
+        np.testing.assert_array_equal(guidance.motion_edges(flow), reference.motion_edges(flow), err_msg=name)
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
-def test_non_finite_flow_equals_oracle(bad):
+def test_non_finite_flow_equals_reference(bad):
     """Non-finite flow: inf * 0 is NaN (the kernel's zero terms count); NaN peaks as NumPy's."""
-    flow = oracle.piecewise_rigid_flow(40, 50, np.random.default_rng(6))
+    flow = reference.piecewise_rigid_flow(40, 50, np.random.default_rng(6))
     for y, x, c in [(0, 0, 0), (20, 25, 1), (39, 49, 0)]:
         broken = flow.copy()
         broken[y, x, c] = bad
         with np.errstate(invalid="ignore"):
-            expected = oracle.motion_edges(broken)
+            expected = reference.motion_edges(broken)
         np.testing.assert_array_equal(guidance.motion_edges(broken), expected)
 
 
-def _estimate_cases():
-    """Flows for the float32 strength estimates: scales, cancellation, values spanning 2**60."""
-    rng = np.random.default_rng(21)
-    cases = [(name, flow) for name, flow in FLOWS]
-    for scale in (1e-30, 1e-6, 1.0, 1e6, 1e12, 1e15):
-        cases.append((f"noise{scale:g}", (rng.standard_normal((40, 50, 2)) * scale).astype(np.float32)))
-    pattern = oracle.piecewise_rigid_flow(60, 80, rng, 4) * np.float32(1e-3)
-    cases.append(("offset", pattern + np.float32(3e4)))  # large values, small differences
-    spread = rng.choice([1.0, -3.0, 1e-9, -7e-10, 1e8, 0.1], (30, 40, 2)).astype(np.float32)
-    cases.append(("spread", spread * rng.random((30, 40, 2), np.float32)))
-    return cases
+def _threshold_flows():
+    """(name, flow, pixels): flows within float32 rounding of the threshold.
 
-
-def test_strength_estimate_error_is_bounded():
-    """Float32 estimates lie within the documented bound of the exact float64 strengths."""
-    worst = 0.0
-    for name, flow in _estimate_cases():
-        h, w = flow.shape[:2]
-        estimate, row_peak = np.empty((h, w), np.float32), np.empty(h, np.int32)
-        flow_max = guidance._strength_estimate(flow, estimate, row_peak)
-        assert flow_max == np.abs(flow).max(), name
-        np.testing.assert_array_equal(row_peak.view(np.float32), estimate.max(axis=1), err_msg=name)
-        exact = np.empty((h, w))
-        guidance._edge_strength(flow, False, exact)
-        bound = guidance._ESTIMATE_ERROR * flow_max + guidance._ESTIMATE_FLOOR
-        error = np.abs(estimate - exact).max()
-        assert error <= bound, name
-        worst = max(worst, error / bound)
-    assert worst > 1e-3  # the cases come near the bound: it is not vacuous
-
-
-def _unsure_flows():
-    """(name, path, flow): flows whose float32 estimates cannot decide every pixel.
-
-    path: "estimate" (the estimates decide, the exact strengths settle the pixels
-    near the threshold), "exact" (float64 strengths everywhere: too many pixels
-    near the peak, or values above the float32 limit).
+    pixels: the (y, x) where the float64 edge map differs from the float32 one.
     """
+    impulse = np.zeros((64, 64, 2), np.float32)
+    impulse[:, 8:56, 0] = 11  # a band moving by 11 px: peak strength 44 along its two sides
+    # An impulse of 2.2 px: its 4 direct neighbours have strength 4.4 (in float32 as in float64);
+    # 4.4 / 44 exceeds 0.1 by 2e-9 in float64 but rounds to float32(0.1) in float32.
+    impulse[24, 20, 1] = 2.2
+    nudged = reference.piecewise_rigid_flow(64, 64, np.random.default_rng(48), 3)
+    assert nudged[14, 5, 0] == np.float32(-2.8585699)
+    nudged[14, 5, 0] = -2.8637345  # nudged by 0.0052 px
+    return [
+        ("impulse", impulse, [(23, 20), (24, 19), (24, 21), (25, 20)]),
+        ("nudged", nudged, [(14, 4)]),
+    ]
+
+
+@pytest.mark.parametrize("name,flow,pixels", _threshold_flows(), ids=[c[0] for c in _threshold_flows()])
+def test_threshold_in_float32_as_the_original(name, flow, pixels):
+    """Where float64 and the original's float32 disagree on an edge, ours agree with the original."""
+    expected = reference.motion_edges(flow)
+    float64 = _float64_edges(flow)
+    assert np.argwhere(expected != float64).tolist() == [list(p) for p in pixels]
+    assert not expected[tuple(np.transpose(pixels))].any()  # float64 keeps them, the original does not
+    np.testing.assert_array_equal(guidance.motion_edges(flow), expected)
+    for k in (15, 41):
+        config = guidance.SamplerConfig(("grid", "watershed"), nms_ks=k)
+        for seed in range(3):
+            rows, cols = reference.sample_points(
+                flow, ["grid", "watershed"], config.bg_ratio, k, -1, np.random.default_rng(seed)
+            )
+            points = guidance.sample_points(flow, config, np.random.default_rng(seed))
+            np.testing.assert_array_equal(points, np.stack([cols, rows], axis=1), err_msg=f"K={k}")
+    if name == "impulse":  # the watershed candidates differ too: float64 would sample other points
+        for k in (15, 41):
+            candidates = reference.nms_candidates(reference.edge_distance(expected), k)
+            float64_candidates = reference.nms_candidates(reference.edge_distance(float64), k)
+            assert not np.array_equal(candidates, float64_candidates)
+
+
+def _near_threshold_flows():
+    """(name, flow): flows with many strengths near the threshold or the peak, or huge values."""
     rng = np.random.default_rng(22)
     h, w = 50, 80
     threshold = np.zeros((h, w, 2), np.float32)
     threshold[:, 50:, 0] = 100  # peak 400 + 8 s at the step
     slope = 400 / 72 * (1 + (np.arange(h) - 25) * 1e-6)  # ramp strength 8 s = 0.1 * peak, +-2e-5
     threshold[..., 1] = np.arange(w)[None, :] * slope[:, None]
-    offset = oracle.piecewise_rigid_flow(70, 90, rng, 3) * np.float32(2e-3) + np.float32(3e4)
-    huge = oracle.piecewise_rigid_flow(40, 50, rng) * np.float32(1e20)
+    offset = reference.piecewise_rigid_flow(70, 90, rng, 3) * np.float32(2e-3) + np.float32(3e4)
+    huge = reference.piecewise_rigid_flow(40, 50, rng) * np.float32(1e20)
     top = np.zeros((30, 40, 2), np.float32)
     top[10:, 15:] = np.finfo(np.float32).max
-    return [
-        ("threshold", "estimate", threshold),
-        ("offset", "exact", offset),
-        ("huge", "exact", huge),
-        ("float32_max", "exact", top),
-    ]
+    return [("threshold", threshold), ("offset", offset), ("huge", huge), ("float32_max", top)]
 
 
-@pytest.mark.parametrize("name,path,flow", _unsure_flows(), ids=[name for name, _, _ in _unsure_flows()])
-def test_unsure_estimates_equal_oracle(name, path, flow):
-    """Pixels within the estimate's error of the threshold or the peak are decided exactly."""
-    np.testing.assert_array_equal(guidance.motion_edges(flow), oracle.motion_edges(flow))
-    h, w = flow.shape[:2]
-    estimate, row_peak = np.empty((h, w), np.float32), np.empty(h, np.int32)
-    flow_max = guidance._strength_estimate(flow, estimate, row_peak)
-    if name in ("huge", "float32_max"):
-        assert flow_max > guidance._ESTIMATE_FLOW_LIMIT
-        return
-    bound = guidance._ESTIMATE_ERROR * flow_max + guidance._ESTIMATE_FLOOR
-    near_peak = (estimate >= estimate.max() - 2 * bound).sum()
-    assert (near_peak > h * w // 16) == (path == "exact")
-    exact = np.empty((h, w))
-    peak = guidance._edge_strength(flow, False, exact)
-    assert (np.abs(estimate - 0.1 * peak) <= bound).sum() > 20  # pixels the estimates cannot decide
-    assert 0 < oracle.motion_edges(flow).sum() < h * w  # and the decision is not uniform
+@pytest.mark.parametrize("name,flow", _near_threshold_flows(), ids=[c[0] for c in _near_threshold_flows()])
+def test_near_threshold_and_huge_flows_equal_reference(name, flow):
+    """Many pixels at the threshold, large values with small differences, overflowing squares."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = reference.motion_edges(flow)
+    np.testing.assert_array_equal(guidance.motion_edges(flow), expected)
+    assert (np.abs(flow).max() > edge_stage._FLOW_LIMIT) == (name in ("huge", "float32_max"))
+    if name == "threshold":
+        strength = _scipy_strengths(flow)
+        near = np.abs(strength / strength.max() - 0.1) < 1e-5
+        assert near.sum() > 20 and 0 < expected[near].sum() < near.sum()  # decided both ways
 
 
 @pytest.mark.parametrize("h,w", [(1, 1), (1, 7), (6, 1), (2, 2)])
-def test_tiny_flows_equal_oracle(h, w):
-    flow = oracle.piecewise_rigid_flow(h, w, np.random.default_rng(h * w))
+def test_tiny_flows_equal_reference(h, w):
+    flow = reference.piecewise_rigid_flow(h, w, np.random.default_rng(h * w))
     edges = guidance.motion_edges(flow)
-    np.testing.assert_array_equal(edges, oracle.motion_edges(flow))
+    np.testing.assert_array_equal(edges, reference.motion_edges(flow))
     np.testing.assert_array_equal(
-        guidance.edge_distance(edges), oracle.edge_distance(edges).astype(np.float32)
+        guidance.edge_distance(edges), reference.edge_distance(edges).astype(np.float32)
     )
 
 
@@ -361,22 +425,24 @@ SAMPLE_CONFIGS = [
 
 
 @pytest.mark.parametrize("config", SAMPLE_CONFIGS, ids=str)
-def test_sample_points_equal_oracle(config):
+def test_sample_points_equal_reference(config):
     for seed, (name, flow) in enumerate(FLOWS):
         if "single" in config.strategy and not flow.any():
             continue  # the original fails there (see test_single_on_static_flow)
         args = (list(config.strategy), config.bg_ratio, config.nms_ks, config.max_num_guide)
-        rows, cols = oracle.sample_points(flow, *args, np.random.default_rng(seed))
+        rows, cols = reference.sample_points(flow, *args, np.random.default_rng(seed))
         points = guidance.sample_points(flow, config, np.random.default_rng(seed))
         assert points.dtype == np.int32 and points.shape == (len(rows), 2), name
         np.testing.assert_array_equal(points, np.stack([cols, rows], axis=1), err_msg=name)
 
 
-def test_large_flow_is_subsampled_like_the_oracle():
-    flow = oracle.piecewise_rigid_flow(820, 900, np.random.default_rng(5), num_objects=5)  # ds = 2
+def test_large_flow_is_subsampled_like_the_reference():
+    flow = reference.piecewise_rigid_flow(820, 900, np.random.default_rng(5), num_objects=5)  # ds = 2
     config = guidance.SamplerConfig(("watershed",), nms_ks=41)
     points = guidance.sample_points(flow, config, np.random.default_rng(0))
-    rows, cols = oracle.sample_points(flow, ["watershed"], config.bg_ratio, 41, -1, np.random.default_rng(0))
+    rows, cols = reference.sample_points(
+        flow, ["watershed"], config.bg_ratio, 41, -1, np.random.default_rng(0)
+    )
     np.testing.assert_array_equal(points, np.stack([cols, rows], axis=1))
     assert len(points) > 0 and np.all(points % 2 == 0)
 
@@ -388,13 +454,13 @@ def _violations(points, d):
     return int(close.sum())
 
 
-def test_thinning_rule_and_oracle():
+def test_thinning_rule_and_reference():
     rng = np.random.default_rng(7)
     for n, d in [(0, 5.0), (1, 5.0), (40, 3.0), (300, 20.0), (500, 7.5)]:
         points = rng.integers(0, 120, (n, 2))
         kept = guidance.thin_candidates(points, d, np.random.default_rng(n))
         assert _violations(kept, d) == 0
-        expected = oracle.neighbor_elim(points[:, 0], points[:, 1], d, np.random.default_rng(n))
+        expected = reference.neighbor_elim(points[:, 0], points[:, 1], d, np.random.default_rng(n))
         np.testing.assert_array_equal(kept, np.stack(expected, axis=1))
         # Dropping happens only where needed: every dropped point had a close neighbour.
         if n >= 40:
@@ -419,11 +485,11 @@ def test_thinning_special_cases_and_generator_state():
         (rng.integers(0, 50, (80, 2)), 0.0),
     ]
     for i, (points, d) in enumerate(cases):
-        ours, reference = np.random.default_rng(i), np.random.default_rng(i)
+        ours, theirs = np.random.default_rng(i), np.random.default_rng(i)
         kept = guidance.thin_candidates(points, d, ours)
-        expected = oracle.neighbor_elim(points[:, 0], points[:, 1], d, reference)
+        expected = reference.neighbor_elim(points[:, 0], points[:, 1], d, theirs)
         np.testing.assert_array_equal(kept, np.stack(expected, axis=1), err_msg=f"case {i}")
-        assert ours.random() == reference.random(), f"case {i}"
+        assert ours.random() == theirs.random(), f"case {i}"
 
 
 def test_watershed_points_respect_distance_rule():
@@ -434,7 +500,7 @@ def test_watershed_points_respect_distance_rule():
 
 def test_max_num_guide_and_guidance_values():
     rng = np.random.default_rng(3)
-    flow = oracle.piecewise_rigid_flow(128, 160, rng, num_objects=5)
+    flow = reference.piecewise_rigid_flow(128, 160, rng, num_objects=5)
     unlimited = guidance.sample_points(flow, guidance.SamplerConfig(bg_ratio=0.001, nms_ks=15), rng)
     assert len(unlimited) > 20
     for limit in (0, 1, 5, 10_000):
@@ -448,7 +514,7 @@ def test_max_num_guide_and_guidance_values():
         assert sparse.dtype == mask.dtype == np.float32
         np.testing.assert_array_equal(mask, np.repeat(at_points[..., None], 2, axis=-1).astype(np.float32))
         np.testing.assert_array_equal(sparse, np.where(at_points[..., None], flow, 0))
-        expected_sparse, expected_mask = oracle.flow_sampler(
+        expected_sparse, expected_mask = reference.flow_sampler(
             flow, list(config.strategy), config.bg_ratio, 15, limit, np.random.default_rng(limit)
         )
         np.testing.assert_array_equal(sparse, expected_sparse)
@@ -491,7 +557,7 @@ def test_grid_non_square_order():
     expected_x = [5, 5, 85, 85, 165, 165, 245, 245]
     np.testing.assert_array_equal(points, np.stack([expected_x, [10, 90] * 4], axis=1))
     zero = np.zeros((100, 250, 2), np.float32)
-    rows, cols = oracle.sample_points(zero, ["grid"], 1 / 80**2, 41, -1, np.random.default_rng(0))
+    rows, cols = reference.sample_points(zero, ["grid"], 1 / 80**2, 41, -1, np.random.default_rng(0))
     assert sorted(zip(cols.tolist(), rows.tolist(), strict=True)) == sorted(map(tuple, points.tolist()))
 
 
@@ -500,7 +566,9 @@ def test_static_flow_gives_only_the_grid():
     config = guidance.SamplerConfig(bg_ratio=0.00003629, nms_ks=67)
     _, mask, count = guidance.sample_guidance(flow, config, np.random.default_rng(0))
     assert count == 4 == mask[..., 0].sum()
-    rows, _ = oracle.sample_points(flow, ["grid", "watershed"], 0.00003629, 67, -1, np.random.default_rng(0))
+    rows, _ = reference.sample_points(
+        flow, ["grid", "watershed"], 0.00003629, 67, -1, np.random.default_rng(0)
+    )
     assert len(rows) == 4
 
 
@@ -509,7 +577,7 @@ def test_single_on_static_flow():
     config = guidance.SamplerConfig(("single",))
     assert len(guidance.sample_points(flow, config, np.random.default_rng(0))) == 0
     with pytest.raises(ValueError):  # the original draws from an empty range
-        oracle.sample_points(flow, ["single"], config.bg_ratio, 41, -1, np.random.default_rng(0))
+        reference.sample_points(flow, ["single"], config.bg_ratio, 41, -1, np.random.default_rng(0))
     flow[7, 9, 1] = 0.5
     np.testing.assert_array_equal(guidance.sample_points(flow, config, np.random.default_rng(0)), [[9, 7]])
 
@@ -522,7 +590,7 @@ def test_uniform_count():
 
 
 def test_full_strategy():
-    flow = oracle.piecewise_rigid_flow(20, 30, np.random.default_rng(0))
+    flow = reference.piecewise_rigid_flow(20, 30, np.random.default_rng(0))
     config = guidance.SamplerConfig(("full", "grid"), max_num_guide=3)
     sparse, mask, count = guidance.sample_guidance(flow, config, np.random.default_rng(0))
     np.testing.assert_array_equal(sparse, flow)
@@ -532,7 +600,7 @@ def test_full_strategy():
 
 
 def test_deterministic_per_seed():
-    flow = oracle.piecewise_rigid_flow(256, 256, np.random.default_rng(9), num_objects=5)
+    flow = reference.piecewise_rigid_flow(256, 256, np.random.default_rng(9), num_objects=5)
     config = guidance.SamplerConfig(("grid", "watershed", "uniform"), bg_ratio=0.0005, nms_ks=15)
     first = guidance.sample_points(flow, config, np.random.default_rng(1))
     np.testing.assert_array_equal(first, guidance.sample_points(flow, config, np.random.default_rng(1)))

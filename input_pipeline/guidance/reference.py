@@ -1,10 +1,10 @@
-"""SciPy oracle of the original CMP guidance sampler, and random piecewise-rigid flows.
+"""SciPy transcription of the original CMP guidance sampler, and random piecewise-rigid flows.
 
 A plain, deliberately literal NumPy/SciPy transcription of ``flow_sampler``
-(``utils/data_utils.py`` of the original code) as described in
-``shared/reference/original_cmp.md`` section 4. It is the correctness oracle of
-``input_pipeline.guidance`` and the speed baseline of ``scripts/benchmark.py
-sampler``; it is not meant to be fast.
+(``utils/data_utils.py`` of the original code) as the reference notes describe
+it in section 4. It is the correctness reference of the fast sampler in this
+package (the tests compare the two) and the speed baseline of
+``scripts/benchmark.py sampler``; it is not meant to be fast.
 
 Differences to the original, all in how randomness is drawn: the global
 ``np.random`` state is replaced by an explicit ``np.random.Generator``, and the
@@ -17,8 +17,9 @@ also uses, so that both give identical points for the same seed:
 * single: ``rng.integers(n)`` over the non-zero-flow pixels in row-major order;
 * merging: ``rng.permutation(n)``.
 
-The Sobel kernel is an integer array, so ``convolve2d`` computes the edge strength
-in float64 (exact Sobel sums of float32 flow values).
+As in the original, the Sobel kernel is float32, so for float32 flow
+``convolve2d`` computes and returns float32 edge strengths, and the
+normalisation and threshold are float32 too.
 
 Arrays are (H, W, ...) with rows = y and columns = x; flow channels are (dx, dy)
 in pixels. Points are returned as (rows, cols) index arrays, like the original.
@@ -31,19 +32,18 @@ import math
 import numpy as np
 from scipy import ndimage, signal
 
-# An integer kernel, as a plain list in the original: convolve2d then computes in
-# float64, where the Sobel sums of float32 flow values are exact.
-SOBEL = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]])
+# Cast to float32 as in the original's get_edge.
+SOBEL = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]]).astype(np.float32)
 
 
 def motion_edges(flow: np.ndarray) -> np.ndarray:
     """Binary motion-edge map (``get_edge``, normalisation and threshold).
 
     Args:
-      flow: (H, W, 2) float32 flow in pixels.
+      flow: (H, W, 2) float32 flow in pixels (as the original reads it).
 
     Returns:
-      (H, W) bool, True at motion edges (computed in float64).
+      (H, W) bool, True at motion edges (computed in float32).
     """
     magnitudes = []
     for c in range(flow.shape[2]):
