@@ -24,7 +24,7 @@ from cmp_jax.models.backbones import DILATION_STYLES
 from cmp_jax.models.cmp import BACKBONES, DECODERS, UPSAMPLINGS
 from cmp_jax.models.decoders import BRANCH_STRIDES
 from cmp_jax.models.layers import CONV_IMPLS, INIT_SCHEMES
-from input_pipeline import lists, pipeline
+from input_pipeline import image_ops, lists, pipeline
 
 _RESNET_STRIDES = (8, 16, 32)
 _DTYPES = ("float32", "bfloat16")
@@ -45,16 +45,11 @@ def _is_str_tuple(value: Any) -> bool:
 
 
 def _crop_size(value: Any) -> tuple[int, int] | None:
-    """``config.data.crop_size`` as (height, width), or None when it is not of an accepted form.
-
-    Accepted, as ``cmp_jax.state.crop_size`` reads it: (height, width) of
-    positive ints, or one positive int for a square.
-    """
-    if _is_int(value):
-        value = (value, value)
-    if isinstance(value, tuple | list) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value):
-        return int(value[0]), int(value[1])
-    return None
+    """``image_ops.crop_size(value)``, or None when it is not of an accepted form."""
+    try:
+        return image_ops.crop_size(value)
+    except ValueError:
+        return None
 
 
 class _Checker:

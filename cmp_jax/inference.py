@@ -12,7 +12,10 @@ checkpoint read directly with ``Predictor.from_torch``)::
     ])                                                    # (24, H, W, 2) flow in pixels
 
 Conventions: images are RGB on the 0-255 scale (uint8 or float), NHWC; the
-Predictor normalises them with the ImageNet mean and std, as in training.
+Predictor normalises them with the ImageNet mean and std, as in training
+(``input_norm="imagenet"``, the default). ``input_norm="mofa"`` feeds
+``image / 255 * 2 - 1`` instead, as MOFA-Video does with the released model:
+choose it to get the flows MOFA-Video gets (``cmp_jax.normalization``).
 Flow and arrows are in pixels of the given image: (x, y) is the column and row
 of the guided pixel (rounded to the nearest pixel), (dx, dy) its displacement
 (x to the right, y down); dx = dy = 0 marks a point that stays still.
@@ -49,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmp_jax.evaluation import IMAGENET_MEAN, IMAGENET_STD
+from cmp_jax import normalization
 from cmp_jax.flow import FlowBins, logits_to_flow
 from cmp_jax.models import CMP, build_model
 
@@ -59,24 +62,25 @@ Arrows = Sequence[Sequence[float]] | np.ndarray
 MIN_SCALE = 1 / 8
 
 
-def normalize_images(images: np.ndarray) -> np.ndarray:
-    """ImageNet normalisation on the 0-255 scale, as the input pipeline does.
+def normalize_images(images: np.ndarray, input_norm: str = "imagenet") -> np.ndarray:
+    """Checks and normalises the images a ``Predictor`` is given (``normalization.normalize``).
 
     Args:
       images: (N, H, W, 3) or (H, W, 3) RGB, 0-255 (uint8 or float).
+      input_norm: ``"imagenet"`` (as the input pipeline, the default) or ``"mofa"``.
 
     Returns:
-      float32 (N, H, W, 3) array (v - mean) / std.
+      float32 (N, H, W, 3) array.
 
     Raises:
-      ValueError: for a shape that is not RGB images.
+      ValueError: for a shape that is not RGB images, or an unknown ``input_norm``.
     """
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[None]
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be (N, H, W, 3) or (H, W, 3) RGB, got shape {images.shape}")
-    return (images.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+    return normalization.normalize(images, input_norm)
 
 
 def arrows_to_guidance(arrows: Arrows, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,7 +134,8 @@ class Features:
     """Encoded images, reusable for any number of guidance sets.
 
     Attributes:
-      image: (N, H, W, 3) float32 normalised images at their own size.
+      image: (N, H, W, 3) float32 images at their own size, normalised as the
+        ``Predictor``'s ``input_norm`` says.
       encoded: scale -> image-encoder outputs of the padded image at that
         scale (``CMP.encode``: ``features`` (N, h/s, w/s, 256), plus the skips
         of a ResNet); scale 1.0 is filled by ``Predictor.encode``, others on
@@ -160,10 +165,19 @@ class Predictor:
       bins: the flow quantisation the model was trained with.
       max_arrow: largest arrow component in pixels run at full scale; longer
         guidance runs at a reduced scale (module docstring). Default 0.8 * fmax.
+      input_norm: how images are normalised for the network: ``"imagenet"``
+        (default), as the model was trained, or ``"mofa"``, ``image / 255 * 2 - 1``
+        as MOFA-Video feeds the released model, for flows equal to MOFA-Video's
+        (``cmp_jax.normalization``). Padding is black in either.
     """
 
     def __init__(
-        self, model: CMP, variables: Mapping[str, Any], bins: FlowBins, max_arrow: float | None = None
+        self,
+        model: CMP,
+        variables: Mapping[str, Any],
+        bins: FlowBins,
+        max_arrow: float | None = None,
+        input_norm: str = "imagenet",
     ):
         self.model = model.clone(bn_axis_name=None)
         self.variables = jax.tree.map(jnp.asarray, dict(variables))
@@ -171,12 +185,19 @@ class Predictor:
         self.max_arrow = 0.8 * bins.fmax if max_arrow is None else float(max_arrow)
         if not 0 < self.max_arrow <= bins.fmax:
             raise ValueError(f"max_arrow must be in (0, fmax={bins.fmax}], got {self.max_arrow}")
+        # The normalised black pixel pads images (and checks input_norm).
+        self._black = normalization.normalize(np.zeros(3, np.uint8), input_norm)
+        self.input_norm = input_norm
         self._encode = jax.jit(lambda v, image: self.model.apply(v, image, method=CMP.encode))
         self._propagate = jax.jit(self._propagate_fn)
 
     @classmethod
     def from_workdir(
-        cls, workdir: str | pathlib.Path, step: int | None = None, max_arrow: float | None = None
+        cls,
+        workdir: str | pathlib.Path,
+        step: int | None = None,
+        max_arrow: float | None = None,
+        input_norm: str = "imagenet",
     ) -> Predictor:
         """Loads the newest (or ``step``'s) checkpoint of a cmp-jax workdir.
 
@@ -184,15 +205,23 @@ class Predictor:
           workdir: a training workdir, or one written by ``scripts/import_torch.py``.
           step: checkpoint step; ``None`` for the newest.
           max_arrow: see the class docstring.
+          input_norm: see the class docstring.
         """
         from cmp_jax import state  # optax/orbax only when loading from disk
 
         config, variables, _ = state.load_variables(workdir, step)
         model = build_model(config.model, num_bins=config.flow.num_bins)
-        return cls(model, variables, FlowBins(config.flow.num_bins, config.flow.fmax), max_arrow)
+        bins = FlowBins(config.flow.num_bins, config.flow.fmax)
+        return cls(model, variables, bins, max_arrow, input_norm)
 
     @classmethod
-    def from_torch(cls, path: str | pathlib.Path, config: Any, max_arrow: float | None = None) -> Predictor:
+    def from_torch(
+        cls,
+        path: str | pathlib.Path,
+        config: Any,
+        max_arrow: float | None = None,
+        input_norm: str = "imagenet",
+    ) -> Predictor:
         """Loads an original-layout PyTorch checkpoint directly (no workdir).
 
         Args:
@@ -201,13 +230,15 @@ class Predictor:
           config: the experiment config of its architecture, e.g.
             ``configs/semiauto_resnet.py``'s ``get_config()`` for the demo model.
           max_arrow: see the class docstring.
+          input_norm: see the class docstring.
         """
         from cmp_jax.convert import torch_io  # imports PyTorch
 
         state_dict, _ = torch_io.unwrap_checkpoint(torch_io.load_torch_file(path), str(path))
         variables = torch_io.variables_from_state_dict(state_dict, config, str(path))
         model = build_model(config.model, num_bins=config.flow.num_bins)
-        return cls(model, variables, FlowBins(config.flow.num_bins, config.flow.fmax), max_arrow)
+        bins = FlowBins(config.flow.num_bins, config.flow.fmax)
+        return cls(model, variables, bins, max_arrow, input_norm)
 
     @property
     def stride(self) -> int:
@@ -234,8 +265,7 @@ class Predictor:
             if (h, w) != features.size:
                 image = np.stack([cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA) for x in image])
             ph, pw = self._padded(h, w)
-            black = (-IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
-            padded = np.broadcast_to(black, (image.shape[0], ph, pw, 3)).copy()
+            padded = np.broadcast_to(self._black, (image.shape[0], ph, pw, 3)).copy()
             padded[:, :h, :w] = image
             features.encoded[scale] = self._encode(self.variables, jnp.asarray(padded))
         return features.encoded[scale]
@@ -249,7 +279,7 @@ class Predictor:
         Returns:
           ``Features`` for ``propagate``.
         """
-        features = Features(normalize_images(images), {})
+        features = Features(normalize_images(images, self.input_norm), {})
         self._encode_at(features, 1.0)
         return features
 

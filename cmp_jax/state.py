@@ -33,6 +33,7 @@ from flax.training import train_state
 from cmp_jax import checkpoint, parallel
 from cmp_jax.flow import FlowBins
 from cmp_jax.models import CMP, build_model
+from input_pipeline import image_ops
 
 
 class TrainState(train_state.TrainState):
@@ -105,9 +106,8 @@ def build_from_config(config: ml_collections.ConfigDict) -> tuple[CMP, FlowBins]
 
 
 def crop_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
-    """``config.data.crop_size`` as (height, width) in pixels (an int means a square)."""
-    crop = config.data.crop_size
-    return (crop, crop) if isinstance(crop, int) else (int(crop[0]), int(crop[1]))
+    """``config.data.crop_size`` as (height, width) in pixels (``image_ops.crop_size``)."""
+    return image_ops.crop_size(config.data.crop_size)
 
 
 def create_train_state(

@@ -73,12 +73,22 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
         raise
 
 
-def _check_flow(flow: np.ndarray) -> np.ndarray:
-    """Returns ``flow`` as a float32 (H, W, 2) array or raises ValueError."""
+def check_flow(flow: np.ndarray) -> np.ndarray:
+    """Checks a flow field's shape; returns it as a C-contiguous float32 array (a copy only if needed).
+
+    Args:
+      flow: array-like (H, W, 2) of (dx, dy) in pixels, any real dtype.
+
+    Returns:
+      float32 (H, W, 2), C-contiguous (what the numba kernels and ``tobytes`` need).
+
+    Raises:
+      ValueError: the shape is not (H, W, 2) with H, W > 0.
+    """
     flow = np.asarray(flow)
     if flow.ndim != 3 or flow.shape[2] != 2 or flow.shape[0] == 0 or flow.shape[1] == 0:
         raise ValueError(f"flow must have shape (H, W, 2) with H, W > 0, got {flow.shape}")
-    return flow.astype(np.float32, copy=False)
+    return np.ascontiguousarray(flow, dtype=np.float32)
 
 
 def check_flow_values(flow: np.ndarray, max_magnitude: float = math.inf) -> None:
@@ -180,7 +190,7 @@ def write_flo(path: str, flow: np.ndarray) -> None:
     Raises:
       ValueError: ``flow`` does not have shape (H, W, 2).
     """
-    flow = _check_flow(flow)
+    flow = check_flow(flow)
     height, width = flow.shape[:2]
     header = np.array([FLO_MAGIC], "<f4").tobytes() + np.array([width, height], "<i4").tobytes()
     write_bytes_atomic(path, header + np.ascontiguousarray(flow, dtype="<f4").tobytes())
@@ -238,7 +248,7 @@ def encode_flow_jpg(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Raises:
       ValueError: ``flow`` does not have shape (H, W, 2) or holds NaN or infinity.
     """
-    flow = _check_flow(flow)
+    flow = check_flow(flow)
     if not np.isfinite(flow).all():
         raise ValueError("flow holds NaN or infinite values, which 8-bit flow images cannot store")
     levels = np.rint((np.clip(flow, -FLOW_IMAGE_RANGE, FLOW_IMAGE_RANGE) + FLOW_IMAGE_RANGE) / _FLOW_STEP)

@@ -49,14 +49,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from input_pipeline import flow_io, guidance, lists, synthetic
+from cmp_jax import normalization
+from input_pipeline import flow_io, guidance, image_ops, lists, synthetic
 
-IMAGENET_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
-IMAGENET_STD = np.array([58.395, 57.12, 57.375], np.float32)
-# (v - mean) / std for every uint8 value v and channel, computed in float64: (1, 256, 3).
-_NORMALIZE_LUT = (
-    (np.arange(256, dtype=np.float64)[:, None] - IMAGENET_MEAN.astype(np.float64)) / IMAGENET_STD
-).astype(np.float32)[None]
+# ``normalization.normalize`` of every uint8 value in every channel: (1, 256, 3) float32.
+_NORMALIZE_LUT = normalization.normalize(np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1))[None]
 
 
 # glibc mallopt parameters (malloc.h) and the values keep_freed_memory sets.
@@ -90,29 +87,6 @@ def keep_freed_memory() -> bool:
     return mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES) == 1 and ok
 
 
-def resize_short_side(image: np.ndarray, flow: np.ndarray, short_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resizes so the shorter side is ``short_size``; flow values scale with the image.
-
-    Args:
-      image: (H, W, 3) uint8 RGB.
-      flow: (H, W, 2) float32, (dx, dy) pixels.
-      short_size: target length of the shorter side, pixels.
-
-    Returns:
-      (image, flow) at (H', W'): image bicubic, flow bilinear times H' / H.
-    """
-    h, w = image.shape[:2]
-    if min(h, w) == short_size:
-        return image, flow
-    if h <= w:
-        nh, nw = short_size, int(w * short_size / h)
-    else:
-        nh, nw = int(h * short_size / w), short_size
-    image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_CUBIC)
-    flow = cv2.resize(flow, (nw, nh), interpolation=cv2.INTER_LINEAR) * np.float32(nh / h)
-    return image, flow
-
-
 def crop(
     image: np.ndarray, flow: np.ndarray, size: tuple[int, int], rng: np.random.Generator | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +116,7 @@ def crop(
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> float32 (v - mean) / std with ImageNet mean/std on the 0-255 scale.
+    """(H, W, 3) uint8 RGB -> float32 ``normalization.normalize(image)`` (ImageNet mean/std, 0-255 scale).
 
     A per-channel lookup table (``cv2.LUT``, GIL released) instead of float arithmetic.
     """
@@ -183,7 +157,8 @@ def transform_example(
       dict with ``image`` (h, w, 3) float32 normalised, ``sparse``, ``mask`` and
       ``flow`` (h, w, 2) float32, ``num_guides`` int32 scalar; (h, w) = crop.
     """
-    image, flow = resize_short_side(image, flow, config.short_size)
+    image = image_ops.resize_short_side(image, config.short_size)
+    flow = image_ops.resize_flow_short_side(flow, config.short_size)
     image, flow = crop(image, flow, config.crop_size, rng if config.train else None)
     if config.train and config.flip and rng.random() < 0.5:
         image = image[:, ::-1]
@@ -557,12 +532,6 @@ def sampler_config(config: Any) -> guidance.SamplerConfig:
     )
 
 
-def _crop_size(value: Any) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    return (int(value[0]), int(value[1]))
-
-
 SOURCES = ("lists", "synthetic", "tfds")
 """The values of ``config.data.source``."""
 
@@ -748,7 +717,7 @@ def create_from_config(
     source = source_from_config(config, split, process_index, process_count, counter)
     transform = TransformConfig(
         short_size=config.data.short_size,
-        crop_size=_crop_size(config.data.crop_size),
+        crop_size=image_ops.crop_size(config.data.crop_size),
         train=train,
         flip=config.data.flip,
         sampler=sampler_config(config.guidance),

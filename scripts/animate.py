@@ -13,6 +13,10 @@ put. For each frame CMP predicts the flow from the image and the image is
 warped by it (``--warp forward``: splatting with hole filling; ``backward``:
 sampling). Writes a GIF or MP4 (by ``--out``'s extension). The last line
 printed gives the frame count and the largest predicted motion.
+
+``--input-norm mofa`` feeds the network ``image / 255 * 2 - 1`` as MOFA-Video
+does, for the flows MOFA-Video gets from the same model; the default,
+``imagenet``, is the normalisation the model was trained with.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ pixels, negative clicks (``--neg``) stay still; pixels that move with the
 positive clicks form the mask (``cmp_jax.apps.annotation``). Writes the mask
 (0/255 PNG) to ``--out`` and, with ``--overlay``, the image with the mask
 tinted green. The last line printed gives the mask's share of the image.
+
+``--input-norm mofa`` feeds the network ``image / 255 * 2 - 1`` as MOFA-Video
+does, for the flows MOFA-Video gets from the same model; the default,
+``imagenet``, is the normalisation the model was trained with.
 """
 
 from __future__ import annotations

@@ -10,7 +10,10 @@ checkpoint layout (``{"step": N, "state_dict": {"module.image_encoder.*", ...}}`
 ``FILE`` loads strictly into ``torchvision.models.resnet50()`` with
 ``fc = nn.Identity()`` and the 2048 -> 256 ``conv5`` head goes to
 ``<FILE stem>_conv5<FILE suffix>``; for BN-AlexNet, ``FILE`` is the state dict
-of ``cmp_jax.torch_models.AlexNetBNFCN``. See ``cmp_jax.convert.torch_io``.
+of ``cmp_jax.torch_models.AlexNetBNFCN``. BatchNorm ``num_batches_tracked``
+are the step N, or, in a workdir written by ``import_torch.py`` from a file
+that had them, those values plus the steps trained since. See
+``cmp_jax.convert.torch_io``.
 The files written are printed, one a line.
 """
 

@@ -47,12 +47,14 @@ Every file is written to a temporary name and renamed, so a killed run leaves no
 again with the same ``--out`` skips pairs whose files exist (a ``.flo`` must also have the right size)
 and only computes the rest; the list file is rewritten at the end. Runs with other ``--gap``/``--step``
 values can share ``--out`` (give each its own ``--list``); other ``--resize``/``--method``/``--format``/
-``--flow-ext`` values are refused. The list files are always rewritten from the current options (gap,
-step, caps, split), which ``extract_flow.json`` records per list; a run that would rewrite one list of an
-earlier train/validation pair without the other (e.g. ``--list train.txt`` with no split, leaving a
-``val.txt`` whose frames the new ``train.txt`` would contain) is refused. An input that cannot be
-decoded is reported, skipped and counted; the run exits with status 1 if no input succeeded (or, as
-above, no pair was listed). The last line printed (on stdout) is the summary::
+``--flow-ext`` values are refused, and so is ``--resize`` on outputs whose ``extract_flow.json`` lacks
+``"resize_rounding": "truncate"`` (frames resized with another rounding of the long side). The list
+files are always rewritten from the current options (gap, step, caps, split), which ``extract_flow.json``
+records per list; a run that would rewrite one list of an earlier train/validation pair without the
+other (e.g. ``--list train.txt`` with no split, leaving a ``val.txt`` whose frames the new ``train.txt``
+would contain) is refused. An input that cannot be decoded is reported, skipped and counted; the run
+exits with status 1 if no input succeeded (or, as above, no pair was listed). The last line printed (on
+stdout) is the summary::
 
     videos ok: 12, failed: 1, pairs written: 3400, skipped existing: 0
 """
@@ -79,7 +81,7 @@ from tqdm import tqdm
 # script runs from a clone without installing the project.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from input_pipeline import flow_io  # noqa: E402
+from input_pipeline import flow_io, image_ops  # noqa: E402
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .wmv .flv .3gp .ts .mts .m2ts .ogv .gif".split()
@@ -284,15 +286,16 @@ def iter_frames(
         capture.release()
 
 
-def resize_short_side(frame: np.ndarray, short: int | None) -> np.ndarray:
-    """Resizes (H, W, C) so that min(H, W) == short, keeping the aspect ratio (None: unchanged)."""
-    h, w = frame.shape[:2]
-    if short is None or min(h, w) == short:
+def resize_frame(frame: np.ndarray, short: int | None) -> np.ndarray:
+    """``image_ops.resize_short_side`` to ``--resize`` (None: unchanged), its sizes the original's.
+
+    Shrinking averages areas (``cv2.INTER_AREA``: like the PIL bicubic resize of the original's
+    data, it does not alias, which would disturb the flow); enlarging is bicubic.
+    """
+    if short is None:
         return frame
-    scale = short / min(h, w)
-    size = (short, max(1, round(h * scale))) if w <= h else (max(1, round(w * scale)), short)
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    return cv2.resize(frame, size, interpolation=interpolation)
+    shrink = min(frame.shape[:2]) > short
+    return image_ops.resize_short_side(frame, short, cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
 _DIS_CACHE: dict[str, cv2.DISOpticalFlow] = {}
@@ -392,7 +395,7 @@ def process(task: Task, settings: Settings, on_pair: Callable[[], None]) -> Resu
                     starts.append(first)
                     on_pair()
                 elif first in pending:
-                    frame = resize_short_side(load(), settings.resize)
+                    frame = resize_frame(load(), settings.resize)
                     _write_pair(layout, first, pending.pop(first), frame, result)
                     starts.append(first)
                     on_pair()
@@ -400,7 +403,7 @@ def process(task: Task, settings: Settings, on_pair: Callable[[], None]) -> Resu
                 if layout.pair_complete(t):
                     complete.add(t)
                 else:
-                    pending[t] = frame if frame is not None else resize_short_side(load(), settings.resize)
+                    pending[t] = frame if frame is not None else resize_frame(load(), settings.resize)
     except (InputError, cv2.error) as e:
         result.error = str(e).strip()
         return result
@@ -577,6 +580,9 @@ def check_settings(settings: Settings, lists: dict[str, dict]) -> None:
       SystemExit: ``--out`` holds outputs of other settings, or the lists conflict.
     """
     fixed = {"resize": settings.resize, "method": settings.method, "format": settings.format}
+    if settings.resize is not None:
+        # Frames resized with another rounding of the long side would not match this run's flow.
+        fixed["resize_rounding"] = "truncate"
     if settings.format == "jpg":
         fixed["flow_ext"] = settings.flow_ext
     path = _settings_path(settings)
@@ -647,8 +653,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--resize",
         type=int,
         default=None,
-        help="resize frames so the shorter side has this many pixels before computing flow "
-        "(the original trains at 416; default: keep the input size)",
+        help="resize frames so the shorter side has this many pixels before computing flow, the longer "
+        "side truncated to whole pixels as the original's (the original trains at 416; default: keep the "
+        "input size)",
     )
     parser.add_argument(
         "--method",

@@ -13,7 +13,9 @@ weights holding NaN or infinite values, each tensor named). ``CONFIG`` is the
 experiment config file of its architecture (``configs/semiauto_resnet.py`` for
 the demo model), with ``--config.field=value`` overrides as ``main.py`` takes
 them. ``--step`` is the step recorded (default: the file's own ``step``, 0 for
-a bare state dict). Missing, unexpected or mis-shaped keys are listed by name.
+a bare state dict). The file's ``num_batches_tracked`` go to
+``DIR/num_batches_tracked.json``, so that ``export_torch.py`` writes them back
+(``cmp_jax.convert.torch_io``). Missing, unexpected or mis-shaped keys are listed by name.
 The checkpoint directory written is printed; ``main.py`` resumes training from
 it.
 """

@@ -9,6 +9,10 @@ in the Middlebury colour coding with the arrows drawn on it). ``(x, y)`` is a
 pixel of the image (column, row), ``(dx, dy)`` its displacement in pixels;
 ``0,0`` for dx, dy marks a point that stays still. The last line printed
 gives the flow's size and largest magnitude.
+
+``--input-norm mofa`` feeds the network ``image / 255 * 2 - 1`` as MOFA-Video
+does, for the flows MOFA-Video gets from the same model; the default,
+``imagenet``, is the normalisation the model was trained with.
 """
 
 from __future__ import annotations

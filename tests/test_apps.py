@@ -214,6 +214,25 @@ def test_predict_script_writes_flo_and_picture(workdir, capsys):
     assert tuple(picture[12, 20]) == (0, 255, 0) and tuple(picture[42, 60]) == (0, 255, 0)
 
 
+def test_input_norm_flag_reaches_the_predictor(workdir, capsys):
+    out = workdir / "pred_mofa"
+    arrow = (20.0, 10.0, 3.0, -1.0)
+    _run_script(
+        "predict.py",
+        *("--workdir", workdir / "run", "--image", workdir / "image.png"),
+        *("--arrow", ",".join(map(str, arrow)), "--input-norm", "mofa", "--out", out),
+    )
+    capsys.readouterr()
+    image = cv2.cvtColor(cv2.imread(str(workdir / "image.png")), cv2.COLOR_BGR2RGB)
+    mofa = Predictor.from_workdir(workdir / "run", input_norm="mofa").predict(image, [[arrow]])[0]
+    np.testing.assert_allclose(flow_io.read_flo(f"{out}.flo"), mofa, atol=1e-6)
+    assert np.abs(mofa - Predictor.from_workdir(workdir / "run").predict(image, [[arrow]])[0]).max() > 1e-3
+    with pytest.raises(SystemExit):
+        _run_script("predict.py", "--workdir", workdir / "run", "--image", workdir / "image.png",
+                    "--arrow", "1,1,0,0", "--input-norm", "torch", "--out", out)  # fmt: skip
+    assert "invalid choice: 'torch'" in capsys.readouterr().err
+
+
 def test_annotate_and_animate_scripts(workdir, capsys):
     common = ["--workdir", workdir / "run", "--image", workdir / "image.png"]
     _run_script("annotate.py", *common, "--pos", "30,20", "--neg", "5,5", "--out", workdir / "mask.png")

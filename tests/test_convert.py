@@ -178,11 +178,51 @@ def test_import_without_num_batches_tracked(tiny, tmp_path):
     workdir = tmp_path / "imported"
     ckpt_dir, step = torch_io.import_checkpoint(path, config, workdir)
     assert step == 42 and ckpt_dir == (workdir / "checkpoints" / "42").absolute()
+    assert not (workdir / torch_io.TRACKED_FILE).exists()  # exports write the step, as before
     _, loaded, loaded_step = state.load_variables(workdir)
     assert loaded_step == 42
     _assert_identical(loaded, variables)
     with pytest.raises(FileExistsError, match="already holds checkpoints"):
         torch_io.import_checkpoint(path, config, workdir)
+
+
+def test_num_batches_tracked_round_trips_through_import_and_export(tiny, tmp_path):
+    """A file with step 5 and other, per-layer num_batches_tracked gets them back on export."""
+    config, variables = tiny
+    ckpt = torch_io.original_checkpoint(variables, step=5)
+    sd = ckpt["state_dict"]
+    keys = [k for k in sd if k.endswith(".num_batches_tracked")]
+    given = {k: 7 + i for i, k in enumerate(keys)}
+    for key, count in given.items():
+        sd[key] = torch.tensor(count, dtype=torch.int64)
+    path = tmp_path / "ckpt.pth.tar"
+    torch.save(ckpt, path)
+    workdir = tmp_path / "imported"
+    torch_io.import_checkpoint(path, config, workdir)
+    # The training state is the one without num_batches_tracked.
+    _assert_identical(state.load_variables(workdir)[1], variables)
+
+    out = tmp_path / "back.pth.tar"
+    torch_io.export_workdir(workdir, out, "original")
+    back = torch.load(out, weights_only=True)
+    assert back["step"] == 5
+    assert {k: int(back["state_dict"][k]) for k in keys} == given
+    assert all(back["state_dict"][k].dtype == torch.int64 for k in keys)
+    for key, value in sd.items():
+        assert torch.equal(back["state_dict"][key], value), key
+
+    # The image encoder export carries the image encoder's values.
+    enc = tmp_path / "enc.pth"
+    torch_io.export_workdir(workdir, enc, "encoder")
+    trunk = torch.load(enc, weights_only=True)
+    tracked = {k: int(v) for k, v in trunk.items() if k.endswith(".num_batches_tracked")}
+    prefix = "module.image_encoder."
+    assert tracked == {k.removeprefix(prefix): v for k, v in given.items() if k.startswith(prefix)}
+
+    # Training on from the import counts on from the file's values, a layer at a time.
+    assert torch_io.tracked_counts(workdir, 8) == {k.removeprefix("module."): v + 3 for k, v in given.items()}
+    # Without the record (trained from scratch, or the released model): the step.
+    assert torch_io.tracked_counts(tmp_path / "nothing", 8) == {}
 
 
 def test_bare_state_dict_without_prefix_imports(tiny, tmp_path):

@@ -13,7 +13,6 @@ from cmp_jax.evaluation import (
     MAGNITUDE_RANGE_NAMES,
     MAGNITUDE_RANGES,
     baselines,
-    denormalize_image,
     epe_sums,
     flow_pictures,
     gaussian_splat_flow,
@@ -23,6 +22,7 @@ from cmp_jax.evaluation import (
     summarize_eval,
 )
 from cmp_jax.flow import flow_to_color
+from cmp_jax.normalization import denormalize
 
 
 def _random_flow_pair(rng: np.random.Generator, shape=(4, 6, 7)) -> tuple[np.ndarray, np.ndarray]:
@@ -174,17 +174,6 @@ def test_gaussian_splat_flow_lone_point_keeps_its_vector_within_reach():
     np.testing.assert_array_equal(got[1], 0.0)
 
 
-def test_denormalize_inverts_pipeline_normalisation():
-    from input_pipeline import pipeline
-
-    np.testing.assert_array_equal(evaluation.IMAGENET_MEAN, pipeline.IMAGENET_MEAN)
-    np.testing.assert_array_equal(evaluation.IMAGENET_STD, pipeline.IMAGENET_STD)
-    image = np.random.default_rng(5).integers(0, 256, (9, 11, 3), dtype=np.uint8)
-    back = denormalize_image(pipeline.normalize(image))
-    assert back.dtype == np.uint8
-    assert np.abs(back.astype(np.int32) - image).max() <= 1
-
-
 def test_flow_pictures_panels():
     rng = np.random.default_rng(6)
     n, h, w = 2, 24, 32
@@ -200,11 +189,11 @@ def test_flow_pictures_panels():
         np.testing.assert_array_equal(pictures[i, :, w : 2 * w], flow_to_color(target[i]))
         np.testing.assert_array_equal(pictures[i, :, 2 * w :], flow_to_color(pred[i], max_flow=scale))
     # The image panel is the de-normalised image except around the guidance point.
-    np.testing.assert_array_equal(pictures[1, :, :w], denormalize_image(image[1]))
+    np.testing.assert_array_equal(pictures[1, :, :w], denormalize(image[1]))
     far = np.ones((h, w), bool)
     far[2:23, 6:27] = False  # dot radius 2 plus arrow length < 12 px around (12, 16)
-    np.testing.assert_array_equal(pictures[0, :, :w][far], denormalize_image(image[0])[far])
-    assert np.any(pictures[0, 10:15, 14:19] != denormalize_image(image[0])[10:15, 14:19])
+    np.testing.assert_array_equal(pictures[0, :, :w][far], denormalize(image[0])[far])
+    assert np.any(pictures[0, 10:15, 14:19] != denormalize(image[0])[10:15, 14:19])
 
     fixed = flow_pictures(image, target, pred, mask, max_flow=40.0)
     np.testing.assert_array_equal(fixed[0, :, w : 2 * w], flow_to_color(target[0], max_flow=40.0))

@@ -13,6 +13,7 @@ import sys
 
 import cv2
 import numpy as np
+import pytest
 
 from input_pipeline import lists
 
@@ -309,3 +310,24 @@ def test_runs_without_installing_the_project(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len((tmp_path / "out" / "list.txt").read_text().splitlines()) == 2
+
+
+def test_resize_frame_has_the_original_sizes_and_averages_when_shrinking(tmp_path):
+    module = _load_script()
+    frame = np.random.default_rng(3).integers(0, 256, (90, 160, 3), dtype=np.uint8)
+    assert module.resize_frame(frame, None) is frame
+    small = module.resize_frame(frame, 52)
+    assert small.shape == (52, 92, 3)  # int(160 * 52 / 90) = int(92.4)
+    np.testing.assert_array_equal(small, cv2.resize(frame, (92, 52), interpolation=cv2.INTER_AREA))
+    large = module.resize_frame(frame, 100)
+    assert large.shape == (100, 177, 3)  # int(177.8), not round()'s 178
+    np.testing.assert_array_equal(large, cv2.resize(frame, (177, 100), interpolation=cv2.INTER_CUBIC))
+
+    # Outputs resized before the rounding was recorded are refused: their frames would not match new flow.
+    settings = module.Settings(
+        out=str(tmp_path), gap=5, step=5, resize=52, method="dis", format="flo", flow_ext="jpg",
+        jpeg_quality=95, absolute_paths=False,
+    )  # fmt: skip
+    (tmp_path / "extract_flow.json").write_text(json.dumps({"resize": 52, "method": "dis", "format": "flo"}))
+    with pytest.raises(SystemExit, match="use another --out"):
+        module.check_settings(settings, {})

@@ -185,3 +185,15 @@ def test_written_files_get_the_usual_permissions(tmp_path):
         assert (os.stat(path).st_mode & 0o777) == 0o666 & ~flow_io._UMASK
     finally:
         os.umask(mask)
+
+
+def test_check_flow_returns_contiguous_float32_and_names_the_shape():
+    flow = np.arange(4 * 6 * 2, dtype=np.float64).reshape(4, 6, 2)[:, ::2]
+    checked = flow_io.check_flow(flow)
+    assert checked.dtype == np.float32 and checked.flags.c_contiguous
+    np.testing.assert_array_equal(checked, flow)
+    same = np.zeros((3, 5, 2), np.float32)
+    assert flow_io.check_flow(same) is same
+    for shape in [(4, 5), (4, 5, 3), (0, 5, 2)]:
+        with pytest.raises(ValueError, match=rf"shape \(H, W, 2\) with H, W > 0, got \({shape[0]}, 5"):
+            flow_io.check_flow(np.zeros(shape))

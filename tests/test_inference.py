@@ -79,6 +79,31 @@ def test_any_size_is_padded_to_the_stride_and_cropped_back(predictor, image):
     np.testing.assert_allclose(flow, predictor.predict(padded, [arrows])[:, :50, :70], atol=1e-5)
 
 
+def test_mofa_input_norm_feeds_image_over_255_times_2_minus_1(predictor, image):
+    mofa = Predictor(predictor.model, predictor.variables, BINS, input_norm="mofa")
+    fed = image[None].astype(np.float32) / np.float32(255) * np.float32(2) - np.float32(1)
+    np.testing.assert_array_equal(mofa.encode(image).image, fed)
+    np.testing.assert_array_equal(normalize_images(image, "mofa"), fed)
+
+    arrows = [(10, 20, 3.0, -2.0), (70, 40, 0.0, 0.0)]
+    flow = mofa.predict(image, [arrows])
+    sparse, mask = arrows_to_guidance(arrows, 64, 96)
+    logits = predictor.model.apply(predictor.variables, fed, sparse[None], mask[None])
+    np.testing.assert_allclose(flow, np.asarray(logits_to_flow(logits, BINS, (64, 96))), atol=1e-5)
+    # The network sees other numbers than with the default (ImageNet) normalisation: other flow.
+    assert np.abs(flow - predictor.predict(image, [arrows])).max() > 1e-2
+
+    # Padding is black in either normalisation.
+    odd = image[:50, :70]
+    padded = np.zeros_like(image)
+    padded[:50, :70] = odd
+    np.testing.assert_allclose(
+        mofa.predict(odd, [arrows[:1]]), mofa.predict(padded, [arrows[:1]])[:, :50, :70], atol=1e-5
+    )
+    with pytest.raises(ValueError, match=r"input_norm must be one of \('imagenet', 'mofa'\), got 'MOFA'"):
+        Predictor(predictor.model, predictor.variables, BINS, input_norm="MOFA")
+
+
 def test_bad_arrows_are_named(predictor, image):
     features = predictor.encode(image)
     with pytest.raises(ValueError, match=r"guidance set 1: arrow 1 starts at \(x=96, y=3\), outside"):

@@ -9,10 +9,11 @@ import cv2
 import numpy as np
 
 from cmp_jax.inference import Predictor
+from cmp_jax.normalization import INPUT_NORMS
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Adds ``--workdir``, ``--step``, ``--max-arrow`` and ``--image``."""
+    """Adds ``--workdir``, ``--step``, ``--max-arrow``, ``--input-norm`` and ``--image``."""
     parser.add_argument("--workdir", required=True, help="cmp-jax workdir (training or import_torch.py)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     parser.add_argument(
@@ -21,12 +22,19 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="largest arrow component in pixels run at full scale (default 0.8 * fmax)",
     )
+    parser.add_argument(
+        "--input-norm",
+        choices=INPUT_NORMS,
+        default="imagenet",
+        help="image normalisation fed to the network: imagenet (default, as the model was trained) or "
+        "mofa (image / 255 * 2 - 1, as MOFA-Video feeds the released model: for flows equal to its own)",
+    )
     parser.add_argument("--image", required=True, help="input image (any format OpenCV reads)")
 
 
 def load_predictor(args: argparse.Namespace) -> Predictor:
-    """The ``Predictor`` of ``--workdir`` / ``--step`` / ``--max-arrow``."""
-    return Predictor.from_workdir(args.workdir, args.step, args.max_arrow)
+    """The ``Predictor`` of ``--workdir`` / ``--step`` / ``--max-arrow`` / ``--input-norm``."""
+    return Predictor.from_workdir(args.workdir, args.step, args.max_arrow, args.input_norm)
 
 
 def read_rgb(path: str | pathlib.Path) -> np.ndarray:

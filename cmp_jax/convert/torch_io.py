@@ -7,7 +7,7 @@ Export formats (``export_workdir``):
   ``{"step": N, "state_dict": OrderedDict}`` with keys ``module.image_encoder.*``,
   ``module.flow_encoder.*``, ``module.flow_decoder.*`` (the ``module.`` of its
   ``DistModule`` wrapper), BatchNorm ``running_mean``/``running_var`` and
-  ``num_batches_tracked`` (= N). Code written for the original loads it
+  ``num_batches_tracked`` (below). Code written for the original loads it
   strictly into its ``nn.DataParallel``-wrapped model, and so does
   ``nn.DataParallel(cmp_jax.torch_models.CMP(...))``. There is no
   ``optimizer`` entry: the original's ``--load-path`` (weights only) reads it,
@@ -25,6 +25,17 @@ Export formats (``export_workdir``):
   True, True])`` instead). BN-AlexNet: ``OUT`` holds the state dict
   of ``cmp_jax.torch_models.AlexNetBNFCN`` (conv8 included); no second file.
 
+``num_batches_tracked`` (a BatchNorm's count of training forward passes, not
+a parameter) has no place in the Flax variables. ``import_checkpoint`` keeps
+the file's values in ``TRACKED_FILE`` in the workdir, beside ``config.json``,
+with the step it recorded; the checkpoint and the training state are unchanged.
+An export at step N writes each layer's recorded value plus the steps trained
+since the import (N minus the recorded step: training runs every BatchNorm
+once a step, as PyTorch counts), so an export at the imported step gives the
+file's values back exactly. Layers without a recorded value, and workdirs
+without the file (trained from scratch, or imported from a file without
+``num_batches_tracked`` such as the released demo model), get N.
+
 All tensors are float32 (``num_batches_tracked`` int64) on the CPU, NCHW/OIHW.
 Files are read with ``torch.load(weights_only=True)``: a pickle that would run
 code is refused (``UnsafeCheckpointError``), and so are weights that are NaN or
@@ -35,6 +46,7 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import pathlib
 import pickle
 import pickletools
@@ -53,6 +65,10 @@ from cmp_jax.convert import torch_layout
 
 FORMATS = ("encoder", "original")
 MODULE_PREFIX = "module."
+
+TRACKED_FILE = "num_batches_tracked.json"
+"""Name of the workdir file of imported ``num_batches_tracked`` values (module docstring):
+``{"step": S, "num_batches_tracked": {PyTorch key without "module.": count}}``."""
 
 
 class UnsafeCheckpointError(ValueError):
@@ -290,7 +306,8 @@ def import_checkpoint(
       workdir: new workdir (``config.json`` and ``checkpoints/<step>``); one
         that already holds checkpoints is refused.
       step: the step to record; ``None`` for the file's ``step`` (0 for a bare
-        state dict).
+        state dict). The file's ``num_batches_tracked``, if any, go to
+        ``TRACKED_FILE`` with it (module docstring).
 
     Returns:
       (checkpoint directory, step).
@@ -306,24 +323,72 @@ def import_checkpoint(
     sd, file_step = unwrap_checkpoint(load_torch_file(path), str(path))
     variables = variables_from_state_dict(sd, config, str(path))
     step = step if step is not None else (file_step if file_step is not None else 0)
-    return state.save_variables(workdir, config, variables, step), step
+    ckpt_path = state.save_variables(workdir, config, variables, step)
+    tracked = {k: int(v) for k, v in sd.items() if k.endswith(f".{torch_layout.NUM_BATCHES_TRACKED}")}
+    path = pathlib.Path(workdir) / TRACKED_FILE
+    if tracked:
+        record = json.dumps({"step": step, "num_batches_tracked": tracked}, indent=1, sort_keys=True)
+        tmp = path.with_name(TRACKED_FILE + ".tmp")
+        tmp.write_text(record + "\n")
+        tmp.replace(path)
+    else:
+        path.unlink(missing_ok=True)  # a record left by an earlier import does not describe this one
+    return ckpt_path, step
+
+
+def tracked_counts(workdir: str | pathlib.Path, step: int) -> dict[str, int]:
+    """The ``num_batches_tracked`` to export at ``step`` for the layers that ``TRACKED_FILE`` records.
+
+    Args:
+      workdir: a cmp-jax workdir.
+      step: the step of the checkpoint being exported.
+
+    Returns:
+      PyTorch key (no ``module.``) -> the recorded count plus ``step`` minus
+      the recorded step. Empty without the file, or for a ``step`` before the
+      recorded one (a checkpoint the record does not describe).
+    """
+    path = pathlib.Path(workdir) / TRACKED_FILE
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    since = step - int(record["step"])
+    if since < 0:
+        return {}
+    return {key: int(count) + since for key, count in record["num_batches_tracked"].items()}
 
 
 def _tensors(sd: Mapping[str, np.ndarray], prefix: str = "") -> collections.OrderedDict:
     return collections.OrderedDict((prefix + k, torch.from_numpy(np.array(v))) for k, v in sd.items())
 
 
-def original_checkpoint(variables: Mapping[str, Any], step: int) -> dict[str, Any]:
+def _with_tracked(
+    sd: dict[str, np.ndarray], tracked: Mapping[str, int], prefix: str = ""
+) -> dict[str, np.ndarray]:
+    """``sd`` with the ``num_batches_tracked`` of ``tracked`` (keyed ``prefix + key``) written in."""
+    for key in sd:
+        if key.endswith(torch_layout.NUM_BATCHES_TRACKED) and prefix + key in tracked:
+            sd[key] = np.asarray(tracked[prefix + key], np.int64)
+    return sd
+
+
+def original_checkpoint(
+    variables: Mapping[str, Any], step: int, tracked: Mapping[str, int] | None = None
+) -> dict[str, Any]:
     """The whole model in the original's checkpoint layout.
 
     Args:
       variables: ``{"params": ..., "batch_stats": ...}`` of a cmp-jax ``CMP``.
-      step: written as ``step`` and as every ``num_batches_tracked``.
+      step: written as ``step`` and as every ``num_batches_tracked`` that
+        ``tracked`` does not give.
+      tracked: PyTorch key (no ``module.``) -> ``num_batches_tracked``
+        (``tracked_counts``).
 
     Returns:
       ``{"step": step, "state_dict": OrderedDict("module.<key>" -> tensor)}``.
     """
     sd = torch_layout.flax_to_torch_state_dict(variables, num_batches_tracked=step)
+    sd = _with_tracked(sd, tracked or {})
     return {"step": int(step), "state_dict": _tensors(sd, MODULE_PREFIX)}
 
 
@@ -332,14 +397,19 @@ def _sub_variables(variables: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 
 def encoder_state_dicts(
-    config: ml_collections.ConfigDict, variables: Mapping[str, Any], step: int
+    config: ml_collections.ConfigDict,
+    variables: Mapping[str, Any],
+    step: int,
+    tracked: Mapping[str, int] | None = None,
 ) -> tuple[collections.OrderedDict, collections.OrderedDict | None]:
     """The image encoder as PyTorch state dicts for fine-tuning.
 
     Args:
       config: the experiment config (``model.backbone`` decides the layout).
       variables: ``{"params": ..., "batch_stats": ...}`` of the whole ``CMP``.
-      step: written into every ``num_batches_tracked``.
+      step: written into every ``num_batches_tracked`` that ``tracked`` does not give.
+      tracked: whole-model PyTorch key (``image_encoder.bn1.num_batches_tracked``)
+        -> ``num_batches_tracked`` (``tracked_counts``).
 
     Returns:
       (encoder, head). ResNet: the torchvision trunk (no ``fc``, no ``conv5``)
@@ -349,6 +419,7 @@ def encoder_state_dicts(
     sd = torch_layout.flax_to_torch_state_dict(
         _sub_variables(variables, "image_encoder"), num_batches_tracked=step
     )
+    sd = _with_tracked(sd, tracked or {}, prefix="image_encoder.")
     if config.model.backbone == "alexnet":
         return _tensors(sd), None
     head = {k.removeprefix("conv5."): v for k, v in sd.items() if k.startswith("conv5.")}
@@ -371,6 +442,8 @@ def export_workdir(
 ) -> list[pathlib.Path]:
     """Exports a workdir's checkpoint to PyTorch files (see the module docstring).
 
+    ``num_batches_tracked`` are those ``tracked_counts`` gives, else the step.
+
     Args:
       workdir: a cmp-jax training workdir.
       out: output file.
@@ -383,6 +456,7 @@ def export_workdir(
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     config, variables, step = state.load_variables(workdir, step)
+    tracked = tracked_counts(workdir, step)
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "original":
@@ -392,9 +466,9 @@ def export_workdir(
                 "code does not have: its layout cannot hold the model. Export the encoder (format "
                 "'encoder'), or train with model.upsample='bilinear'."
             )
-        torch.save(original_checkpoint(variables, step), out)
+        torch.save(original_checkpoint(variables, step, tracked), out)
         return [out]
-    encoder, head = encoder_state_dicts(config, variables, step)
+    encoder, head = encoder_state_dicts(config, variables, step, tracked)
     torch.save(encoder, out)
     if head is None:
         return [out]

@@ -13,7 +13,9 @@ params ``scale``       ``weight`` (BatchNorm)   as is (1-D, which tells it apart
 batch_stats ``mean``   ``running_mean``         as is
 batch_stats ``var``    ``running_var``          as is
 (none)                 ``num_batches_tracked``  int64 scalar; written as given,
-                                                dropped when read
+                                                dropped when read (``torch_io``
+                                                keeps imported ones in the
+                                                workdir)
 =====================  =======================  ================================
 
 Both directions work on any cmp-jax model (any config); keys and shapes of a

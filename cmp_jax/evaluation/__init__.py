@@ -3,8 +3,9 @@
 Conventions: arrays are NHWC; flow has channels (dx, dy) in pixels (x to the
 right, y down); ``sparse`` (N, H, W, 2) holds the flow at guidance pixels and 0
 elsewhere, ``mask`` (N, H, W, 2) is 1.0 at guidance pixels (both channels) and 0
-elsewhere; ``image`` (N, H, W, 3) is RGB normalised as (v - mean) / std on the
-0-255 scale with the ImageNet mean and std.
+elsewhere; ``image`` (N, H, W, 3) is RGB normalised as the input pipeline
+does (``cmp_jax.normalization``: (v - mean) / std on the 0-255 scale with the
+ImageNet mean and std).
 
 Modules (their public names are re-exported here; none imports TensorFlow):
 
@@ -39,10 +40,7 @@ from cmp_jax.evaluation.metrics import (
     summarize_eval,
 )
 from cmp_jax.evaluation.pictures import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     batch_pictures,
-    denormalize_image,
     draw_guidance,
     flow_pictures,
 )
@@ -56,13 +54,10 @@ from cmp_jax.evaluation.summary import (
 __all__ = [
     "BASELINES",
     "FRAC_BELOW_NEAREST",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "MAGNITUDE_RANGES",
     "MAGNITUDE_RANGE_NAMES",
     "baseline_flows",
     "batch_pictures",
-    "denormalize_image",
     "draw_guidance",
     "epe_sums",
     "flow_pictures",

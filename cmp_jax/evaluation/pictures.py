@@ -9,28 +9,12 @@ import numpy as np
 
 from cmp_jax.evaluation.baselines import guided_pixels
 from cmp_jax.flow import flow_to_color
-
-# ImageNet statistics on the 0-255 scale, RGB; the input pipeline normalises with them.
-IMAGENET_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
-IMAGENET_STD = np.array([58.395, 57.12, 57.375], np.float32)
+from cmp_jax.normalization import denormalize
 
 # Guidance drawing on the image panel (RGB): a filled dot and an arrow along the vector.
 _DOT_COLOUR = (0, 255, 0)
 _ARROW_COLOUR = (255, 0, 0)
 _DOT_RADIUS = 2
-
-
-def denormalize_image(image: np.ndarray) -> np.ndarray:
-    """Undoes the input pipeline's ImageNet normalisation.
-
-    Args:
-      image: (..., 3) float RGB, (v - mean) / std on the 0-255 scale.
-
-    Returns:
-      uint8 RGB (..., 3): v rounded and clipped to 0-255.
-    """
-    v = np.asarray(image, np.float32) * IMAGENET_STD + IMAGENET_MEAN
-    return np.clip(np.round(v), 0, 255).astype(np.uint8)
 
 
 def draw_guidance(rgb: np.ndarray, sparse: np.ndarray, guided: np.ndarray) -> np.ndarray:
@@ -82,7 +66,7 @@ def flow_pictures(
     target = np.asarray(target, np.float32)
     pred = np.asarray(pred, np.float32)
     guided = guided_pixels(mask)
-    rgb = denormalize_image(image)
+    rgb = denormalize(image)
     pictures = []
     for i in range(image.shape[0]):
         scale = max_flow
