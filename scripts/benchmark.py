@@ -15,7 +15,7 @@ Subcommands:
 
 * ``sampler``: guidance sampling (``input_pipeline.guidance.sample_guidance``)
   against the literal SciPy transcription of the original
-  (``tests/guidance_oracle.py``) on random piecewise-rigid flows, one core.
+  (``input_pipeline/guidance/reference.py``) on random piecewise-rigid flows, one core.
   Prints a markdown table; the last line is ``speedup <X>x`` at 384 x 384.
 * ``pipeline``: the whole list-file path of the tf.data pipeline (JPEG
   frame and 8-bit flow images decoded, resized to short side 416, random crop
@@ -102,11 +102,11 @@ from collections.abc import Callable  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-# ``tests`` is not an installed package: import it from the repository root.
+# Without ``pip install -e .`` the packages are found from the repository root.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from input_pipeline import guidance  # noqa: E402
-from tests import guidance_oracle  # noqa: E402
+from input_pipeline.guidance import reference as guidance_oracle  # noqa: E402
 
 # (crop size, nms_ks K, sample_bg_ratio) of the released configs / the paper:
 # G = int(sqrt(1 / bg_ratio)) = 133, 165, 200.
