@@ -105,11 +105,6 @@ def build_from_config(config: ml_collections.ConfigDict) -> tuple[CMP, FlowBins]
     return model, FlowBins(num_bins=config.flow.num_bins, fmax=config.flow.fmax)
 
 
-def crop_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
-    """``config.data.crop_size`` as (height, width) in pixels (``image_ops.crop_size``)."""
-    return image_ops.crop_size(config.data.crop_size)
-
-
 def create_train_state(
     config: ml_collections.ConfigDict, model: CMP, tx: optax.GradientTransformation
 ) -> TrainState:
@@ -118,7 +113,7 @@ def create_train_state(
     The model is initialised without BatchNorm synchronisation (outside pmap),
     which does not change any parameter.
     """
-    h, w = crop_size(config)
+    h, w = image_ops.crop_size(config.data.crop_size)
     model.clone(bn_axis_name=None).check_size(h, w)
     init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
     image = jnp.zeros((1, h, w, 3), jnp.float32)

@@ -62,6 +62,7 @@ import torch
 
 from cmp_jax import checkpoint, state
 from cmp_jax.convert import torch_layout
+from input_pipeline import image_ops
 
 FORMATS = ("encoder", "original")
 MODULE_PREFIX = "module."
@@ -193,7 +194,7 @@ def model_torch_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple[int
     """
     model, _ = state.build_from_config(config)
     model = model.clone(bn_axis_name=None)
-    h, w = state.crop_size(config)
+    h, w = image_ops.crop_size(config.data.crop_size)
     image = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
     guide = jax.ShapeDtypeStruct((1, h, w, 2), jnp.float32)
     abstract = jax.eval_shape(

@@ -27,7 +27,7 @@ from cmp_jax.evaluation.baselines import baseline_flows
 from cmp_jax.evaluation.metrics import summarize_eval
 from cmp_jax.evaluation.pictures import batch_pictures
 from cmp_jax.evaluation.summary import FRAC_BELOW_NEAREST
-from input_pipeline import pipeline
+from input_pipeline import image_ops, pipeline
 
 _INPUTS = ("image", "sparse", "mask", "flow", "num_guides")
 
@@ -230,7 +230,7 @@ def evaluate_workdir(
     saved, variables, step = state_lib.load_variables(workdir, step)
     config = eval_config(saved) if config is None else config
     model, bins = state_lib.build_from_config(config)
-    model.clone(bn_axis_name=None).check_size(*state_lib.crop_size(config))
+    model.clone(bn_axis_name=None).check_size(*image_ops.crop_size(config.data.crop_size))
     tx = optax.identity()
     state = state_lib.TrainState(
         step=np.asarray(step, np.int32),

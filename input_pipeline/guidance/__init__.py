@@ -38,7 +38,8 @@ import numbers
 import numba
 import numpy as np
 
-from input_pipeline.guidance.common import check_flow, workspace
+from input_pipeline.flow_io import check_flow
+from input_pipeline.guidance.common import workspace
 from input_pipeline.guidance.distance import edge_distance
 from input_pipeline.guidance.edges import motion_edges, motion_edges_into
 from input_pipeline.guidance.nms import nms_candidates, nms_work, watershed_candidates

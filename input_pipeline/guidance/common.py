@@ -1,4 +1,4 @@
-"""Helpers shared by the sampler's stages: the flow check, pixel boxes, work arrays, unsigned indices."""
+"""Helpers shared by the sampler's stages: pixel boxes, work arrays, unsigned indices."""
 
 from __future__ import annotations
 
@@ -23,14 +23,6 @@ class Box(NamedTuple):
     bottom: int
     left: int
     right: int
-
-
-def check_flow(flow: np.ndarray) -> np.ndarray:
-    """``flow`` as a C-contiguous float32 (H, W, 2) array, H, W >= 1; raises ValueError otherwise."""
-    flow = np.asarray(flow)
-    if flow.ndim != 3 or flow.shape[2] != 2 or flow.shape[0] < 1 or flow.shape[1] < 1:
-        raise ValueError(f"flow must have shape (H, W, 2), got {flow.shape}")
-    return np.ascontiguousarray(flow, dtype=np.float32)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from input_pipeline.guidance.common import Box, check_flow, index, workspace
+from input_pipeline.flow_io import check_flow
+from input_pipeline.guidance.common import Box, index, workspace
 
 # Largest |flow| of the fast kernel: its Sobel sums (at most 8 |flow|) and their squares stay
 # finite in float32, so no strength is infinite or NaN.
