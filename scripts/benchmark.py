@@ -4,9 +4,9 @@ Usage::
 
     python scripts/benchmark.py sampler [--repeats N] [--seed S]
     python scripts/benchmark.py pipeline [--seconds S]
-    python scripts/benchmark.py train_step [--backbone B] [--decoder D] [--batch N] [--size S]
+    python scripts/benchmark.py train_step [--config C [--config.x=v ...]] [--batch N] [--size S]
         [--repeats R] [--threads T] [--variants xla-f32,taps-f32,xla-bf16,taps-bf16]
-    python scripts/benchmark.py inference [--backbone B] [--decoder D] [--size S] [--sets G] [--repeats R]
+    python scripts/benchmark.py inference [--config C [--config.x=v ...]] [--size S] [--sets G] [--repeats R]
     python scripts/benchmark.py propagation --workdir W [--config C | --lists L [L ...] [--root R]
         [--flow-type jpg|flo]] [--num-batches N] [--batch-size B] [--step S]
     python scripts/benchmark.py resolution_bound --config C [--strides 8,4,2] [--num-batches N]
@@ -105,8 +105,11 @@ import numpy as np  # noqa: E402
 # Without ``pip install -e .`` the packages are found from the repository root.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from cmp_jax import config_args  # noqa: E402
 from input_pipeline import guidance  # noqa: E402
 from input_pipeline.guidance import reference as guidance_oracle  # noqa: E402
+
+_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 # (crop size, nms_ks K, sample_bg_ratio) of the released configs / the paper:
 # G = int(sqrt(1 / bg_ratio)) = 133, 165, 200.
@@ -263,20 +266,27 @@ _TRAIN_VARIANTS = ("xla-f32", "taps-f32", "xla-bf16", "taps-bf16")
 _DTYPES = {"f32": "float32", "bf16": "bfloat16"}
 
 
-def _default_variants() -> str:
-    """The four variants, the base config's (conv_impl as resolved on this backend, dtype) first."""
+def _default_variants(model) -> str:
+    """The four variants, the config's (conv_impl as resolved on this backend, dtype) first."""
     from cmp_jax.models.layers import resolve_conv_impl
-    from configs import base
 
-    model = base.get_config().model
     dtype = {v: k for k, v in _DTYPES.items()}.get(model.dtype, "f32")
     first = f"{resolve_conv_impl(model.get('conv_impl', 'xla'))}-{dtype}"
     return ",".join([first] + [v for v in _TRAIN_VARIANTS if v != first])
 
 
+def _add_config_argument(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """Documents ``--config`` (``cmp_jax.config_args`` takes it and its overrides out of the command line)."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="experiment config file, then --config.field=value overrides as main.py takes them"
+        + (f" (default: {default})" if default else ""),
+    )
+
+
 def _add_train_step_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", default="resnet50", help="alexnet, resnet18/34/50/101")
-    parser.add_argument("--decoder", default="plain", help="plain or skip")
+    _add_config_argument(parser, "configs/base.py")
     parser.add_argument("--batch", type=int, default=2, help="images per step")
     parser.add_argument("--size", type=int, default=320, help="square crop side in pixels")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per implementation")
@@ -316,7 +326,10 @@ def run_train_step(args: argparse.Namespace) -> None:
         sys.exit(f"--threads {threads} but only {len(available)} cores are available")
     # Pin before XLA and PyTorch size their thread pools from the affinity mask.
     os.sched_setaffinity(0, available[:threads])
-    variants = (args.variants or _default_variants()).split(",")
+    config = config_args.parse(args.config_argv, default=str(_CONFIGS / "base.py"))
+    if config.model.get("upsample", "bilinear") != "bilinear":
+        sys.exit("the PyTorch twin has no convex upsampling: use --config.model.upsample=bilinear")
+    variants = (args.variants or _default_variants(config.model)).split(",")
     for v in variants:
         if v not in _TRAIN_VARIANTS:
             sys.exit(f"unknown variant {v!r}; choose from {_TRAIN_VARIANTS}")
@@ -332,12 +345,8 @@ def run_train_step(args: argparse.Namespace) -> None:
 
     from cmp_jax import state as state_lib
     from cmp_jax import train
-    from configs import base
 
     host_batch = _train_batch(args.batch, args.size, args.seed)
-    config = base.get_config()
-    config.model.backbone = args.backbone
-    config.model.decoder = args.decoder
     config.data.crop_size = (args.size, args.size)
     config.batch_size = args.batch
 
@@ -376,10 +385,10 @@ def run_train_step(args: argparse.Namespace) -> None:
         print(f"{v}: compiled in {compile_s:.0f} s, first loss {first_loss[v]:.4f}", flush=True)
         steps[v] = jax_step
 
+    m = config.model
     twin = torch_models.CMP(
-        args.backbone, args.decoder, tuple(config.model.decoder_combo), config.model.output_stride,
-        config.flow.num_bins,
-    ).train()  # fmt: skip
+        m.backbone, m.decoder, tuple(m.decoder_combo), m.output_stride, config.flow.num_bins
+    ).train()
     torch_models.load_flax_variables(twin, variables)
     optimizer = torch.optim.SGD(
         twin.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
@@ -421,7 +430,7 @@ def run_train_step(args: argparse.Namespace) -> None:
     step_flops = flops[counted]
 
     print(
-        f"{args.backbone} + {args.decoder} decoder, batch {args.batch} at {args.size}x{args.size}, "
+        f"{m.backbone} + {m.decoder} decoder, batch {args.batch} at {args.size}x{args.size}, "
         f"{threads} thread(s); {args.repeats} interleaved steps each, medians; "
         f"XLA FLOPs/step {step_flops / 1e9:.1f} G (cost_analysis of {counted}; "
         + ", ".join(f"{v}: {f / 1e9:.1f} G" for v, f in flops.items())
@@ -440,13 +449,11 @@ def run_train_step(args: argparse.Namespace) -> None:
 
 
 def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", default="resnet50", help="alexnet, resnet18/34/50/101")
-    parser.add_argument("--decoder", default="skip", help="plain or skip (the demo model: skip)")
+    _add_config_argument(parser, "configs/semiauto_resnet.py (the demo model)")
     parser.add_argument("--size", type=int, default=384, help="square image side in pixels")
     parser.add_argument("--sets", type=int, default=24, help="guidance sets (frames of a clip)")
     parser.add_argument("--points", type=int, default=4, help="trajectories per clip")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per method")
-    parser.add_argument("--conv-impl", default="xla", help="model.conv_impl: xla or taps")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -457,15 +464,16 @@ def run_inference(args: argparse.Namespace) -> None:
 
     from cmp_jax.flow import FlowBins, logits_to_flow
     from cmp_jax.inference import Predictor, arrows_to_guidance, normalize_images
-    from cmp_jax.models import CMP
+    from cmp_jax.models import build_model
 
     rng = np.random.default_rng(args.seed)
     size, sets = args.size, args.sets
     # He init: the original's tiny init would give (near) zero flow, and a vacuous comparison.
-    model = CMP(backbone=args.backbone, decoder=args.decoder, conv_impl=args.conv_impl, init_scheme="he")
+    config = config_args.parse(args.config_argv, default=str(_CONFIGS / "semiauto_resnet.py"))
+    model = build_model(config.model, num_bins=config.flow.num_bins, init_scheme="he")
     small = jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 64, 64, 2)), jnp.zeros((1, 64, 64, 2))
     variables = jax.jit(model.init)(jax.random.key(args.seed), *small)  # parameters do not depend on size
-    bins = FlowBins()
+    bins = FlowBins(config.flow.num_bins, config.flow.fmax)
     predictor = Predictor(model, variables, bins)
     image = rng.integers(0, 256, (size, size, 3)).astype(np.uint8)
     # Trajectories from random starts to random ends, frame t moved t / G of the way.
@@ -497,9 +505,8 @@ def run_inference(args: argparse.Namespace) -> None:
             times[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(t) for name, t in times.items()}
     a, b = outputs.values()
-    print(
-        f"{args.backbone} + {args.decoder} decoder, {size}x{size}, {sets} guidance sets, {jax.devices()[0]}"
-    )
+    m = config.model
+    print(f"{m.backbone} + {m.decoder} decoder, {size}x{size}, {sets} guidance sets, {jax.devices()[0]}")
     print(f"max |flow| {np.abs(a).max():.2f} px, max |difference| {np.abs(a - b).max():.2e} px")
     print("| method | s per clip | ms per frame |")
     print("| --- | --- | --- |")
@@ -511,11 +518,8 @@ def run_inference(args: argparse.Namespace) -> None:
 
 def _add_propagation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, help="training workdir (config.json, checkpoints/)")
-    data = parser.add_mutually_exclusive_group()
-    data.add_argument(
-        "--config", default=None, help="experiment config file whose data and guidance define the eval data"
-    )
-    data.add_argument("--lists", nargs="+", default=None, help="list files replacing data.val_lists")
+    _add_config_argument(parser, None)
+    parser.add_argument("--lists", nargs="+", default=None, help="list files replacing data.val_lists")
     parser.add_argument("--root", default=None, help="data.root for --lists (default: the workdir's)")
     parser.add_argument(
         "--flow-type",
@@ -528,18 +532,6 @@ def _add_propagation_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=None, help="eval batch over all devices (default: the workdir's)"
     )
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
-
-
-def _load_config_file(path: str):
-    """``get_config()`` of a config file (as ``main.py --config=path`` reads it, without overrides)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_propagation_config", path)
-    if spec is None or spec.loader is None:
-        sys.exit(f"cannot read the config file {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def _describe_data(config) -> str:
@@ -558,6 +550,8 @@ def run_propagation(args: argparse.Namespace) -> None:
     """Model vs zero / nearest / splat on a validation set: the summary table, then epe_over_nearest."""
     if (args.root is not None or args.flow_type is not None) and not args.lists:
         sys.exit("--root and --flow-type apply to --lists")
+    if args.config_argv and args.lists:
+        sys.exit("give --config (whose data and guidance define the eval data) or --lists, not both")
     import tensorflow as tf
 
     # TensorFlow only reads the data: keep it off the accelerators JAX uses.
@@ -570,7 +564,7 @@ def run_propagation(args: argparse.Namespace) -> None:
 
     config = evaluator.eval_config(
         state_lib.read_config(args.workdir),
-        _load_config_file(args.config) if args.config else None,
+        config_args.parse(args.config_argv) if args.config_argv else None,
         lists=args.lists,
         root=args.root,
         flow_type=args.flow_type,
@@ -589,7 +583,7 @@ def run_propagation(args: argparse.Namespace) -> None:
 
 
 def _add_resolution_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment config file whose validation set is read")
+    _add_config_argument(parser, None)
     parser.add_argument("--strides", default="8,4,2", help="output strides s to bound, comma-separated")
     parser.add_argument("--num-batches", type=int, default=-1, help="eval batches (-1: the whole set)")
 
@@ -604,7 +598,7 @@ def run_resolution_bound(args: argparse.Namespace) -> None:
     from input_pipeline import pipeline
 
     strides = [int(v) for v in args.strides.split(",")]
-    config = _load_config_file(args.config)
+    config = config_args.parse(args.config_argv)
     dataset, _ = pipeline.create_from_config(
         config, "eval", local_batch=config.eval_batch_size, local_devices=1, process_index=0, process_count=1
     )
@@ -672,7 +666,9 @@ def main(argv: list[str] | None = None) -> None:
         subparser = subparsers.add_parser(name, help=help_text)
         add_arguments(subparser)
         subparser.set_defaults(run=run)
-    args = parser.parse_args(argv)
+    config_argv, rest = config_args.split(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(rest)
+    args.config_argv = config_argv
     args.run(args)
 
 

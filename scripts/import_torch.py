@@ -22,30 +22,33 @@ it.
 
 from __future__ import annotations
 
+import argparse
 import pathlib
 import sys
 
 # Experiment config files import ``configs``, which is not an installed package.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from cmp_jax.convert import torch_io  # noqa: E402
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "PyTorch checkpoint (.pth / .pth.tar) in the original layout.")
-config_flags.DEFINE_config_file("config", None, "Experiment config file of the checkpoint's model.")
-flags.DEFINE_string("workdir", None, "New cmp-jax workdir to write.")
-flags.DEFINE_integer("step", None, "Step to record (default: the checkpoint's own step).")
-flags.mark_flags_as_required(["checkpoint", "config", "workdir"])
+from cmp_jax import config_args  # noqa: E402
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(argv: list[str] | None = None) -> int:
+    """Parses the flags (``--config`` as ``main.py`` reads it) and imports; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="import_torch.py",
+        description=__doc__.splitlines()[0],
+        epilog="--config FILE [--config.field=value ...]",
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, help="PyTorch checkpoint (.pth / .pth.tar), original layout"
+    )
+    parser.add_argument("--workdir", required=True, help="new cmp-jax workdir to write")
+    parser.add_argument("--step", type=int, default=None, help="step to record (default: the file's own)")
+    args = config_args.parse_args(parser, argv)
+    from cmp_jax.convert import torch_io  # imports PyTorch and JAX
+
     try:
-        path, step = torch_io.import_checkpoint(FLAGS.checkpoint, FLAGS.config, FLAGS.workdir, FLAGS.step)
+        path, step = torch_io.import_checkpoint(args.checkpoint, args.config, args.workdir, args.step)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"import_torch.py: error: {e}", file=sys.stderr)
         return 1
@@ -54,4 +57,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/summary.py --backbone resnet50 --decoder plain [--size H W]
+    python scripts/summary.py [--config configs/yfcc_resnet.py] [--config.model.decoder=skip] [--size H W]
 
 Shapes are traced abstractly (``jax.eval_shape``): nothing is allocated or
 compiled. Counts include weights, biases and BatchNorm scale/shift, not the
@@ -12,6 +12,7 @@ running statistics. The last line is ``total <N>``.
 from __future__ import annotations
 
 import argparse
+import pathlib
 import re
 import sys
 from collections.abc import Mapping
@@ -20,8 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmp_jax.models import BACKBONES, CMP, DECODERS
+# Experiment config files import ``configs``, which is not an installed package.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from cmp_jax import config_args  # noqa: E402
+from cmp_jax.models import build_model  # noqa: E402
+
+_BASE = pathlib.Path(__file__).resolve().parents[1] / "configs" / "base.py"
 _TOP_ORDER = {"image_encoder": 0, "flow_encoder": 1, "flow_decoder": 2}
 
 
@@ -53,26 +59,19 @@ def module_counts(params: Mapping, prefix: str = "") -> list[tuple[str, int]]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The flags; ``namespace.config`` is the experiment config (default: ``configs/base.py``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", default="resnet50", choices=BACKBONES)
-    parser.add_argument("--decoder", default="plain", choices=DECODERS)
     parser.add_argument("--size", nargs=2, type=int, default=(384, 384), metavar=("H", "W"),
                         help="input height and width in pixels (default 384 384)")  # fmt: skip
-    parser.add_argument("--output-stride", type=int, default=8, help="ResNet output stride")
-    parser.add_argument("--num-bins", type=int, default=99, help="flow classes per axis")
     parser.add_argument("--depth", type=int, default=None,
                         help="print modules down to this nesting depth (default: all)")  # fmt: skip
-    return parser.parse_args(argv)
+    return config_args.parse_args(parser, argv, default=str(_BASE))
 
 
 def main(argv: list[str]) -> None:
+    """Prints the summary of the config's model."""
     args = parse_args(argv)
-    model = CMP(
-        backbone=args.backbone,
-        decoder=args.decoder,
-        output_stride=args.output_stride,
-        num_bins=args.num_bins,
-    )
+    model = build_model(args.config.model, num_bins=args.config.flow.num_bins)
     h, w = args.size
     image = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
     guide = jax.ShapeDtypeStruct((1, h, w, 2), jnp.float32)
@@ -83,7 +82,7 @@ def main(argv: list[str]) -> None:
     logits = jax.eval_shape(model.apply, variables, image, guide, guide)
     rows = module_counts(variables["params"])
     width = max(len(path) for path, _ in rows) + 2
-    print(f"CMP {args.backbone} + {args.decoder} decoder, input 1x{h}x{w}x3 (NHWC)")
+    print(f"CMP {model.backbone} + {model.decoder} decoder, input 1x{h}x{w}x3 (NHWC)")
     for path, count in rows:
         depth = path.count("/") + 1
         if args.depth is None or depth <= args.depth:

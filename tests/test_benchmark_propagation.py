@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from cmp_jax import evaluation
+from cmp_jax import config_args, evaluation
 from cmp_jax import state as state_lib
 from cmp_jax.evaluation import evaluator
 from cmp_jax.flow import logits_to_flow
@@ -171,7 +171,7 @@ def test_propagation_on_a_config_file_matches_direct_evaluation(benchmark, workd
     assert f"checkpoint of step {STEP}," in out and "8 images on 4 device(s)" in out
     assert "synthetic (val_size 12, val_seed 5)" in out
 
-    data_config = benchmark._load_config_file(str(config_file))
+    data_config = config_args.parse([f"--config={config_file}"])
     config = evaluator.eval_config(state_lib.read_config(workdir), data_config, batch_size=4, num_batches=2)
     want = _reference(workdir, config)
     assert want["images"] == 8

@@ -36,7 +36,7 @@ def _summary(*args: str) -> subprocess.CompletedProcess:
     ],
 )
 def test_summary_prints_modules_shape_and_total(backbone, decoder, size, total, logits):
-    out = _summary("--backbone", backbone, "--decoder", decoder, *size)
+    out = _summary(f"--config.model.backbone={backbone}", f"--config.model.decoder={decoder}", *size)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert lines[-1] == f"total {total}"
@@ -50,7 +50,7 @@ def test_summary_prints_modules_shape_and_total(backbone, decoder, size, total, 
 
 
 def test_summary_reports_bad_size():
-    out = _summary("--backbone", "alexnet", "--size", "400", "384")
+    out = _summary("--config", str(ROOT / "configs" / "yfcc_alexnet.py"), "--size", "400", "384")
     assert out.returncode != 0
     assert "400x384" in out.stderr and "stride 32" in out.stderr
 
