@@ -1,6 +1,6 @@
 """The tf.data input pipeline: examples -> transforms -> guidance -> device-shaped batches.
 
-Per example, in this order (the original's, ``original_cmp.md`` §3.3):
+Per example, in this order (the original's ``ImageFlowDataset``):
 
 1. load frame1 and the flow (list files, the synthetic generator or a TFDS
    dataset); frame 2 is neither decoded nor rendered (the CMP loss does not

@@ -1,7 +1,7 @@
 """Guidance sampling: which flow vectors the sparse motion encoder sees.
 
-A fast reimplementation of the original CMP ``flow_sampler`` (the reference
-notes, section 4) that returns the same points as the literal SciPy
+A fast reimplementation of the original CMP ``flow_sampler`` (``utils/data_utils.py`` of
+the original code) that returns the same points as the literal SciPy
 transcription in ``reference.py`` for the same random generator
 (``docs/guidance_exactness.md`` says why). Strategies:
 

@@ -1,6 +1,6 @@
 """Motion edges: the flow's Sobel edge strengths in float32, as the original computes them, thresholded.
 
-The original (the reference notes, section 4.2) convolves each float32 flow
+The original (``flow_sampler`` in its ``utils/data_utils.py``) convolves each float32 flow
 channel with a float32 Sobel pair by ``scipy.signal.convolve2d(mode='same',
 boundary='symm')``, adds the two channels' gradient magnitudes, divides by
 ``max(max, 0.01)`` and keeps ``> 0.1``, all in float32. The kernels below do

@@ -1,7 +1,7 @@
 """Non-maximum suppression of the distance to the motion edges: the watershed candidates.
 
-Steps 4-6 of the original's watershed strategy (the reference notes, section
-4.2): pixels equal to the maximum of their K x K window, off the 1-pixel image
+Steps 4-6 of the original's watershed strategy (``flow_sampler`` in its
+``utils/data_utils.py``): pixels equal to the maximum of their K x K window, off the 1-pixel image
 border, with a distance > 0. ``nms_candidates`` does it on any map;
 ``watershed_candidates``, the sampler's, on the exact squared distances of an
 edge map, most of which it never computes (``_pruned_nms``). Why its decisions

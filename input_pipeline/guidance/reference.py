@@ -1,8 +1,8 @@
 """SciPy transcription of the original CMP guidance sampler, and random piecewise-rigid flows.
 
 A plain, deliberately literal NumPy/SciPy transcription of ``flow_sampler``
-(``utils/data_utils.py`` of the original code) as the reference notes describe
-it in section 4. It is the correctness reference of the fast sampler in this
+(``utils/data_utils.py`` of the original code; ``docs/guidance_exactness.md``
+says what it computes). It is the correctness reference of the fast sampler in this
 package (the tests compare the two) and the speed baseline of
 ``scripts/benchmark.py sampler``; it is not meant to be fast.
 
