@@ -318,41 +318,21 @@ def _train_batch(batch: int, size: int, seed: int) -> dict[str, np.ndarray]:
     }
 
 
-def run_train_step(args: argparse.Namespace) -> None:
-    """Jitted JAX train step per variant vs the PyTorch twin, interleaved; img/s and GFLOP/s."""
-    available = sorted(os.sched_getaffinity(0))
-    threads = args.threads or len(available)
-    if threads > len(available):
-        sys.exit(f"--threads {threads} but only {len(available)} cores are available")
-    # Pin before XLA and PyTorch size their thread pools from the affinity mask.
-    os.sched_setaffinity(0, available[:threads])
-    config = config_args.parse(args.config_argv, default=str(_CONFIGS / "base.py"))
-    if config.model.get("upsample", "bilinear") != "bilinear":
-        sys.exit("the PyTorch twin has no convex upsampling: use --config.model.upsample=bilinear")
-    variants = (args.variants or _default_variants(config.model)).split(",")
-    for v in variants:
-        if v not in _TRAIN_VARIANTS:
-            sys.exit(f"unknown variant {v!r}; choose from {_TRAIN_VARIANTS}")
+def _jax_train_steps(config, variants: list[str], host_batch: dict[str, np.ndarray]):
+    """One compiled, state-donating ``train.train_step`` per variant.
 
-    # torch/torchvision before anything that imports TensorFlow (cmp_jax.train does, via clu).
-    import torch
-    import torch.nn.functional as F
-
-    from cmp_jax import torch_models
-
-    torch.set_num_threads(threads)
+    Returns:
+      (steps: variant -> a call running one step and returning its loss;
+      flops: variant -> XLA's FLOP count of the step; the first variant's
+      initial variables, for the PyTorch twin).
+    """
     import jax
 
     from cmp_jax import state as state_lib
     from cmp_jax import train
 
-    host_batch = _train_batch(args.batch, args.size, args.seed)
-    config.data.crop_size = (args.size, args.size)
-    config.batch_size = args.batch
-
     steps: dict[str, Callable[[], float]] = {}
     flops: dict[str, float] = {}
-    first_loss: dict[str, float] = {}
     variables = None
     for v in variants:
         impl, dtype = v.split("-")
@@ -381,9 +361,17 @@ def run_train_step(args: argparse.Namespace) -> None:
             jax.block_until_ready((holder[0], metrics))
             return float(metrics["loss"])
 
-        first_loss[v] = jax_step()
-        print(f"{v}: compiled in {compile_s:.0f} s, first loss {first_loss[v]:.4f}", flush=True)
+        print(f"{v}: compiled in {compile_s:.0f} s, first loss {jax_step():.4f}", flush=True)
         steps[v] = jax_step
+    return steps, flops, variables
+
+
+def _torch_train_step(config, variables, host_batch: dict[str, np.ndarray], size: int) -> Callable[[], float]:
+    """The PyTorch twin's step on the same batch: forward, the discrete loss, backward, SGD."""
+    import torch
+    import torch.nn.functional as F
+
+    from cmp_jax import torch_models
 
     m = config.model
     twin = torch_models.CMP(
@@ -402,7 +390,7 @@ def run_train_step(args: argparse.Namespace) -> None:
     def torch_step() -> float:
         optimizer.zero_grad(set_to_none=True)
         logits = twin(nchw["image"], nchw["sparse"], nchw["mask"])
-        logits = F.interpolate(logits, size=(args.size, args.size), mode="bilinear", align_corners=True)
+        logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=True)
         # FlowBins.quantize: clamp inside +-fmax by 1e-3, floor into bins of width 2 fmax / C.
         flow = nchw["flow"].clamp(-fmax + 1e-3, fmax - 1e-3)
         target = ((flow + fmax) / width).floor().long().clamp(0, num_bins - 1)
@@ -413,9 +401,36 @@ def run_train_step(args: argparse.Namespace) -> None:
         optimizer.step()
         return float(loss.detach())
 
-    first_loss["torch"] = torch_step()
-    print(f"torch: first loss {first_loss['torch']:.4f} ({torch.get_num_threads()} threads)", flush=True)
-    steps["torch"] = torch_step
+    print(f"torch: first loss {torch_step():.4f} ({torch.get_num_threads()} threads)", flush=True)
+    return torch_step
+
+
+def run_train_step(args: argparse.Namespace) -> None:
+    """Jitted JAX train step per variant vs the PyTorch twin, interleaved; img/s and GFLOP/s."""
+    available = sorted(os.sched_getaffinity(0))
+    threads = args.threads or len(available)
+    if threads > len(available):
+        sys.exit(f"--threads {threads} but only {len(available)} cores are available")
+    # Pin before XLA and PyTorch size their thread pools from the affinity mask.
+    os.sched_setaffinity(0, available[:threads])
+    config = config_args.parse(args.config_argv, default=str(_CONFIGS / "base.py"))
+    if config.model.get("upsample", "bilinear") != "bilinear":
+        sys.exit("the PyTorch twin has no convex upsampling: use --config.model.upsample=bilinear")
+    variants = (args.variants or _default_variants(config.model)).split(",")
+    for v in variants:
+        if v not in _TRAIN_VARIANTS:
+            sys.exit(f"unknown variant {v!r}; choose from {_TRAIN_VARIANTS}")
+    # torch/torchvision before anything that imports TensorFlow (cmp_jax.train does, via clu).
+    import torch
+
+    from cmp_jax import torch_models  # noqa: F401 (imports torchvision before TensorFlow)
+
+    torch.set_num_threads(threads)
+    host_batch = _train_batch(args.batch, args.size, args.seed)
+    config.data.crop_size = (args.size, args.size)
+    config.batch_size = args.batch
+    steps, flops, variables = _jax_train_steps(config, variants, host_batch)
+    steps["torch"] = _torch_train_step(config, variables, host_batch, args.size)
     for _ in range(args.warmup):
         for fn in steps.values():
             fn()
@@ -428,7 +443,7 @@ def run_train_step(args: argparse.Namespace) -> None:
     # The taps programs add their partial sums, which XLA counts: take the conv count.
     counted = next((v for v in variants if v.startswith("xla")), variants[0])
     step_flops = flops[counted]
-
+    m = config.model
     print(
         f"{m.backbone} + {m.decoder} decoder, batch {args.batch} at {args.size}x{args.size}, "
         f"{threads} thread(s); {args.repeats} interleaved steps each, medians; "

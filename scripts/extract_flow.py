@@ -625,7 +625,7 @@ def record_lists(settings: Settings, lists: dict[str, dict]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parses the command line (see the module docstring)."""
+    """Parses the command line (see the module docstring); long only because it declares every flag."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
