@@ -97,6 +97,12 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     }
 
 
+def indented_list(items: list[str], limit: int = 20) -> str:
+    """``items`` one per indented line (after a newline), at most ``limit`` and a count of the rest."""
+    more = [f"... and {len(items) - limit} more"] if len(items) > limit else []
+    return "".join(f"\n  {item}" for item in items[:limit] + more)
+
+
 def check_tree(expected: Any, given: Any, what: str, allow_unexpected: bool = False) -> None:
     """Compares two pytrees of arrays (or array metadata) by key path and shape.
 
@@ -120,11 +126,9 @@ def check_tree(expected: Any, given: Any, what: str, allow_unexpected: bool = Fa
     if not allow_unexpected:
         problems += [f"{name}: unexpected in {what}" for name in have if name not in want]
     if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise CheckpointShapeError(
             f"{what} does not match the config's model ({len(problems)} arrays; a different "
-            f"backbone, decoder or number of bins?):\n  {shown}{more}"
+            f"backbone, decoder or number of bins?):{indented_list(problems)}"
         )
 
 

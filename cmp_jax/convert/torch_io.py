@@ -252,11 +252,9 @@ def unwrap_checkpoint(obj: Any, what: str) -> tuple[dict[str, np.ndarray], int |
             nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
             non_finite.append(f"{key} ({nan} NaN, {inf} infinite of {array.size} values)")
     if non_finite:
-        shown = "\n  ".join(non_finite[:20])
-        more = f"\n  ... and {len(non_finite) - 20} more" if len(non_finite) > 20 else ""
         raise ValueError(
             f"{what}: {len(non_finite)} tensor(s) hold NaN or infinite values (a diverged or damaged "
-            f"checkpoint; the model would predict NaN flow):\n  {shown}{more}"
+            f"checkpoint; the model would predict NaN flow):{checkpoint.indented_list(non_finite)}"
         )
     return sd, step
 
