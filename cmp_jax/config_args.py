@@ -80,6 +80,16 @@ def parse(config_argv: Sequence[str], default: str | None = None) -> ml_collecti
     return values.config
 
 
+def add_argument(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """Declares ``--config`` for the parser's usage and help (:func:`split` takes it out before parsing)."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="experiment config file, then --config.field=value overrides as main.py takes them"
+        + (f" (default: {default})" if default else ""),
+    )
+
+
 def parse_args(
     parser: argparse.ArgumentParser, argv: Sequence[str] | None = None, default: str | None = None
 ) -> argparse.Namespace:
@@ -89,12 +99,7 @@ def parse_args(
     """
     import sys
 
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="experiment config file, then --config.field=value overrides as main.py takes them"
-        + (f" (default: {default})" if default else ""),
-    )
+    add_argument(parser, default)
     config_argv, rest = split(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(rest)
     try:

@@ -275,18 +275,8 @@ def _default_variants(model) -> str:
     return ",".join([first] + [v for v in _TRAIN_VARIANTS if v != first])
 
 
-def _add_config_argument(parser: argparse.ArgumentParser, default: str | None) -> None:
-    """Documents ``--config`` (``cmp_jax.config_args`` takes it and its overrides out of the command line)."""
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="experiment config file, then --config.field=value overrides as main.py takes them"
-        + (f" (default: {default})" if default else ""),
-    )
-
-
 def _add_train_step_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_config_argument(parser, "configs/base.py")
+    config_args.add_argument(parser, "configs/base.py")
     parser.add_argument("--batch", type=int, default=2, help="images per step")
     parser.add_argument("--size", type=int, default=320, help="square crop side in pixels")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per implementation")
@@ -464,7 +454,7 @@ def run_train_step(args: argparse.Namespace) -> None:
 
 
 def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_config_argument(parser, "configs/semiauto_resnet.py (the demo model)")
+    config_args.add_argument(parser, "configs/semiauto_resnet.py (the demo model)")
     parser.add_argument("--size", type=int, default=384, help="square image side in pixels")
     parser.add_argument("--sets", type=int, default=24, help="guidance sets (frames of a clip)")
     parser.add_argument("--points", type=int, default=4, help="trajectories per clip")
@@ -533,7 +523,7 @@ def run_inference(args: argparse.Namespace) -> None:
 
 def _add_propagation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, help="training workdir (config.json, checkpoints/)")
-    _add_config_argument(parser, None)
+    config_args.add_argument(parser, None)
     parser.add_argument("--lists", nargs="+", default=None, help="list files replacing data.val_lists")
     parser.add_argument("--root", default=None, help="data.root for --lists (default: the workdir's)")
     parser.add_argument(
@@ -598,7 +588,7 @@ def run_propagation(args: argparse.Namespace) -> None:
 
 
 def _add_resolution_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_config_argument(parser, None)
+    config_args.add_argument(parser, None)
     parser.add_argument("--strides", default="8,4,2", help="output strides s to bound, comma-separated")
     parser.add_argument("--num-batches", type=int, default=-1, help="eval batches (-1: the whole set)")
 
