@@ -223,8 +223,8 @@ def decode_flow_jpg(x_img: np.ndarray, y_img: np.ndarray) -> np.ndarray:
 def _decode_planes(x_img, y_img, lut, flow):
     """``flow[..., 0] = lut[x_img]``, ``flow[..., 1] = lut[y_img]`` in one pass over (H, W) uint8 planes.
 
-    About 4x faster than ``cv2.LUT`` per plane and two strided copies into the
-    interleaved (H, W, 2) array (0.11 vs 0.48 ms at 416 x 555); releases the GIL.
+    One pass instead of ``cv2.LUT`` per plane and two strided copies into the
+    interleaved (H, W, 2) array; releases the GIL.
     """
     for i in range(x_img.shape[0]):
         xs, ys, out = x_img[i], y_img[i], flow[i]

@@ -68,8 +68,7 @@ def keep_freed_memory() -> bool:
     Every example allocates about 6 MB of decoded images, flow and outputs and
     frees them again. By default glibc maps blocks above a (dynamic) threshold
     freshly and trims the freed top of the heap, so those megabytes come back as
-    new pages each time: about 770 page faults, 1.3 ms of kernel time per
-    example at 416 x 555 -> 384 x 384 (a third of the per-example time). With
+    new pages each time, hundreds of page faults per example. With
     blocks below 32 MB served from the heap and up to 512 MB of free heap kept,
     they are reused instead. Process-wide; the process keeps up to that much
     freed memory (per malloc arena) mapped. No-op (False) where the C library
@@ -399,7 +398,7 @@ def create_dataset(
       counter: receives the skipped bad examples (share one between the
         training and eval pipelines to count an example both meet once).
       reuse_freed_memory: call ``keep_freed_memory`` (process-wide malloc
-        settings; about 1.3 ms less kernel time per example).
+        settings; fewer page faults per example).
 
     Sets OpenCV to one thread per call (``cv2.setNumThreads(1)``, process-wide):
     the examples themselves run in parallel.
