@@ -31,6 +31,10 @@ or leave the image. Brightness is constant: wherever p stays visible, frame 2
 at p + flow(p) equals frame 1 at p up to interpolation error, and all motion is
 piecewise affine, so a few flow vectors per object or part determine its flow.
 
+Clips (``generate_clip``) repeat the same motions: frame t is frame 1 moved t
+times (camera C^t, body A^t, limb A^t o R_J(t theta)), rendered like frame 2,
+with per-frame object masks of the visible region of every object.
+
 Motion parameters are in pixels and do not scale with the image size; shapes
 and textures do (they are fractions of min(height, width)), except that
 texture periods are at least 12 pixels. With the default motion ranges the
@@ -55,6 +59,9 @@ EXAMPLE_KEYS = ("frame1", "frame2", "flow", "segmentation", "num_objects")
 # Shortest period of texture patterns in pixels: smooth enough for bilinear
 # interpolation to be accurate (frame 2 is resampled), sharp enough to track.
 _MIN_PERIOD = 12.0
+
+# The identity as a (2, 3) affine map.
+_IDENTITY = np.eye(2, 3)
 
 # (256, 3) weights of the three colour stops of a palette at t = 0, 0.5, 1 for
 # t = i / 255: piecewise-linear hat functions.
@@ -152,6 +159,9 @@ class Layer:
       origin: (x0, y0), the frame-1 pixel of ``texture[0, 0]`` (may lie outside the image).
       motion: (2, 3) float64 affine map from frame-1 to frame-2 pixel coordinates.
       label: the object (1..N) the layer belongs to.
+      hinge: (2, 3) float64 rotation of a limb about its joint, the identity for
+        a body: ``motion`` is the body's motion composed with ``hinge``
+        (``generate_clip`` repeats the two separately so limbs stay attached).
     """
 
     texture: np.ndarray
@@ -159,6 +169,7 @@ class Layer:
     origin: tuple[int, int]
     motion: np.ndarray
     label: int
+    hinge: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -389,6 +400,7 @@ def _layer(
     lut: np.ndarray,
     motion: np.ndarray,
     label: int,
+    hinge: np.ndarray = _IDENTITY,
 ) -> Layer:
     """Rasterises ``polygon`` (K, 2) into a mask on its bounding box (plus 2 pixels) and textures the box."""
     x0, y0 = np.floor(polygon.min(0)).astype(int) - 2
@@ -398,7 +410,7 @@ def _layer(
     vertices = np.round((polygon - [x0, y0]) * 16.0).astype(np.int32)
     cv2.fillPoly(mask, [vertices], 1, lineType=cv2.LINE_8, shift=4)
     texture = _texture(rng, y1 - y0, x1 - x0, length, lut)
-    return Layer(texture, mask.astype(bool), (int(x0), int(y0)), motion, label)
+    return Layer(texture, mask.astype(bool), (int(x0), int(y0)), motion, label, hinge)
 
 
 def sample_scene(index: int, config: SyntheticConfig = SyntheticConfig(), seed: int = 0) -> Scene:
@@ -473,6 +485,7 @@ def sample_scene(index: int, config: SyntheticConfig = SyntheticConfig(), seed: 
             _palette(rng, limb_hue, saturated=True),
             _compose(motion, hinge),
             label,
+            hinge,
         )
         layers.extend([body, limb] if rng.random() < 0.5 else [limb, body])
     return Scene(h, w, background, margin, camera, tuple(layers), num_objects)
@@ -596,3 +609,86 @@ def generate_example(
       object may be hidden by others in frame 1).
     """
     return render_scene(sample_scene(index, config, seed), frame2=frame2)
+
+
+def _moved(scene: Scene, steps: int) -> Scene:
+    """The scene whose frame 2 is its frame 1 moved ``steps`` times (``steps`` >= 1).
+
+    The camera and every body repeat their motion: C^steps and A^steps. A limb
+    with motion A o R_J (A its body's motion, R_J its hinge) moves by
+    A^steps o R_J^steps, so it stays hinged at the moved joint and its
+    articulation angle grows by the same amount every frame.
+    """
+    camera, layers = scene.camera, []
+    for _ in range(steps - 1):
+        camera = _compose(scene.camera, camera)
+    for layer in scene.layers:
+        body = _compose(layer.motion, cv2.invertAffineTransform(layer.hinge))
+        body_total, hinge_total = body, layer.hinge
+        for _ in range(steps - 1):
+            body_total, hinge_total = _compose(body, body_total), _compose(layer.hinge, hinge_total)
+        layers.append(dataclasses.replace(layer, motion=_compose(body_total, hinge_total)))
+    return dataclasses.replace(scene, camera=camera, layers=tuple(layers))
+
+
+def render_clip(scene: Scene, num_frames: int) -> dict[str, np.ndarray]:
+    """Renders ``num_frames`` frames of a scene moving by its frame-pair motions.
+
+    Frame 0 is ``render_scene``'s frame 1; frame t is the scene moved t times
+    (``_moved``), rendered as ``render_scene`` renders frame 2.
+
+    Args:
+      scene: from ``sample_scene`` (at most 255 objects).
+      num_frames: T, the number of frames (>= 1).
+
+    Returns:
+      Dict with ``generate_clip``'s keys.
+    """
+    if num_frames < 1:
+        raise ValueError(f"render_clip: num_frames must be >= 1, got {num_frames}")
+    if scene.num_objects > 255:
+        raise ValueError(f"render_clip: masks are uint8, so at most 255 objects, got {scene.num_objects}")
+    first = render_scene(scene, frame2=False)
+    frames = np.empty((num_frames, scene.height, scene.width, 3), np.uint8)
+    masks = np.empty((num_frames, scene.height, scene.width), np.uint8)
+    frames[0], masks[0] = first["frame1"], first["segmentation"]
+    # Object label of each entry of a ``layers2`` map (0: the background).
+    labels = np.array([0] + [layer.label for layer in scene.layers], np.uint8)
+    for t in range(1, num_frames):
+        rendered = render_scene(_moved(scene, t), with_layers=True)
+        frames[t], masks[t] = rendered["frame2"], labels[rendered["layers2"]]
+    return {"frames": frames, "masks": masks, "num_objects": np.asarray(scene.num_objects, np.int32)}
+
+
+def generate_clip(
+    index: int, config: SyntheticConfig, num_frames: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Generates clip ``index``: the scene of example ``index`` moving for ``num_frames`` frames.
+
+    Frame 0 is ``generate_example``'s frame 1 and frame 1 its frame 2; frame t
+    is the scene moved t times by the same motions (``render_clip``). The
+    motion ranges of ``config`` are therefore per frame: a clip of T frames
+    moves objects by up to T * ``max_object_shift`` pixels and scales them by
+    up to (1 + ``max_scale_change``)^T, so clips want smaller ranges than frame
+    pairs. Objects occlude each other in their fixed depth order, may leave
+    the image and may appear from behind others; the background is mirrored at
+    its canvas edges once the camera has moved farther than its margin.
+
+    Args:
+      index: clip index (>= 0); the scene is ``sample_scene(index, config, seed)``.
+      config: generator parameters (image size, object count, per-frame motion
+        ranges); at most 255 objects.
+      num_frames: T, the number of frames (>= 1).
+      seed: dataset seed (>= 0).
+
+    Returns:
+      Dict with
+      ``frames``: (T, H, W, 3) uint8 RGB frames;
+      ``masks``: (T, H, W) uint8 label maps of the visible part of every
+      object, 0 for the background and i for object i (labels 1..K in the
+      scene's fixed order; an object may be hidden in some frames, frame 0
+      included);
+      ``num_objects``: int32 scalar, K.
+      Deterministic in (index, seed, config, num_frames).
+    """
+    return render_clip(sample_scene(index, config, seed), num_frames)
