@@ -145,7 +145,7 @@ def soft_labels(labels: np.ndarray, num_labels: int, size: tuple[int, int]) -> n
     onehot = np.eye(num_labels)[labels]
     wy = area_weights(labels.shape[0], size[0])
     wx = area_weights(labels.shape[1], size[1])
-    return np.einsum("yH,HWl,xW->yxl", wy, onehot, wx).astype(np.float32)
+    return np.einsum("yH,HWl,xW->yxl", wy, onehot, wx, optimize=True).astype(np.float32)
 
 
 def _tile_candidates(
