@@ -39,6 +39,7 @@ from clu import metric_writers, periodic_actions
 
 from cmp_jax import checkpoint, config_check, evaluation, parallel
 from cmp_jax import state as state_lib
+from cmp_jax.evaluation import video_segmentation
 from cmp_jax.evaluation.evaluator import Evaluator
 from cmp_jax.flow import FlowBins, logits_to_flow
 from cmp_jax.jsonl_writer import JsonlWriter
@@ -198,15 +199,32 @@ def _new_or_restored_state(
 
 
 def _evaluate(
-    state: TrainState, evaluator: Evaluator, writer: metric_writers.MetricWriter, step: int
+    state: TrainState,
+    evaluator: Evaluator,
+    writer: metric_writers.MetricWriter,
+    step: int,
+    label_prop: Callable[[Mapping[str, Any]], dict[str, float]] | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
     """Evaluates (after averaging BatchNorm statistics over devices) and writes the metrics.
+
+    Args:
+      state: the replicated training state.
+      evaluator: the EPE evaluation.
+      writer: where the metrics go.
+      step: the step they are written at.
+      label_prop: ``video_segmentation.training_evaluator``'s score of the
+        model variables (``eval/label_prop/...``), or None.
 
     Returns:
       (the state with averaged statistics, the eval metrics).
     """
     state = state.replace(batch_stats=parallel.mean_over_devices(state.batch_stats))
     metrics, pictures = evaluator(state)
+    if label_prop is not None:
+        replica = parallel.first_replica(state)
+        metrics.update(
+            label_prop(jax.device_get({"params": replica.params, "batch_stats": replica.batch_stats}))
+        )
     writer.write_scalars(step, metrics)
     if pictures is not None:
         writer.write_images(step, {"eval/pictures": pictures})
@@ -313,6 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     # One count of skipped bad examples over both pipelines (an example read by both counts once).
     bad_examples = pipeline.BadExampleCounter()
     evaluator = Evaluator(config, functools.partial(eval_step, bins=bins), counter=bad_examples)
+    label_prop = video_segmentation.training_evaluator(config, model)
     train_ds, _ = pipeline.create_from_config(
         config, "train", local_batch=local_batch, start_step=start, counter=bad_examples
     )
@@ -329,7 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     eval_metrics: dict[str, float] = {}
     try:
         if start == 0 and config.eval_at_start:
-            state, eval_metrics = _evaluate(state, evaluator, writer, 0)
+            state, eval_metrics = _evaluate(state, evaluator, writer, 0, label_prop)
         total = config.num_train_steps
         progress = periodic_actions.ReportProgress(num_train_steps=total, every_secs=60.0)
         log = _TrainLog(start, config.batch_size, ckpt, bad_examples)
@@ -343,7 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             if step % config.log_every_steps == 0 or last:
                 log.write(writer, step)
             if (config.eval_every_steps and step % config.eval_every_steps == 0) or last:
-                state, eval_metrics = _evaluate(state, evaluator, writer, step)
+                state, eval_metrics = _evaluate(state, evaluator, writer, step, label_prop)
             if step % config.checkpoint_every_steps == 0 or last:
                 log.check()
                 state = _save(state, ckpt, step)

@@ -182,6 +182,27 @@ def get_config() -> ml_collections.ConfigDict:
     # Images of the first eval batch drawn as pictures (image | target | prediction).
     config.num_pictures = 4
 
+    # --- label propagation: representation quality as video J&F
+    # (cmp_jax.evaluation.video_segmentation; scripts/eval_label_propagation.py).
+    config.label_prop = ml_collections.ConfigDict()
+    # Held-out synthetic clips scored at each evaluation (eval/label_prop/jf); 0: off.
+    config.label_prop.num_clips = 0
+    config.label_prop.num_frames = 8
+    # Clips repeat each frame-pair motion of data.synthetic every frame, scaled by this.
+    config.label_prop.motion_scale = 0.25
+    # Generator seed of the clips (neither data.synthetic.train_seed nor val_seed).
+    config.label_prop.seed = 100
+    # Encoder output used: "layer4" (the ResNet trunk's stride-8 output, as the
+    # correspondence literature reads ResNets), "features" (after conv5), "layer1", "stem".
+    config.label_prop.feature = "layer4"
+    # The protocol of the correspondence literature: previous predicted frames
+    # kept as references, matches kept per position, search window half side in
+    # feature pixels, softmax temperature.
+    config.label_prop.context = 20
+    config.label_prop.topk = 10
+    config.label_prop.radius = 12
+    config.label_prop.temperature = 0.05
+
     # --- checkpoint: Orbax, in workdir/checkpoints
     config.checkpoint_every_steps = 10_000
     config.max_to_keep = 3

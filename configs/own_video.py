@@ -59,4 +59,6 @@ def get_config():
     config.eval_at_start = True
     config.checkpoint_every_steps = 250
     config.log_every_steps = 50
+    # Label propagation on synthetic clips says little about a model of real footage.
+    config.label_prop.num_clips = 0
     return config

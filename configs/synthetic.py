@@ -72,4 +72,6 @@ def get_config():
     config.eval_at_start = True
     config.checkpoint_every_steps = 500
     config.log_every_steps = 50
+    # Representation quality while training: label propagation J&F on 4 held-out clips.
+    config.label_prop.num_clips = 4
     return config

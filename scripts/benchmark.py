@@ -10,6 +10,7 @@ Usage::
     python scripts/benchmark.py propagation --workdir W [--config C | --lists L [L ...] [--root R]
         [--flow-type jpg|flo]] [--num-batches N] [--batch-size B] [--step S]
     python scripts/benchmark.py resolution_bound --config C [--strides 8,4,2] [--num-batches N]
+    python scripts/benchmark.py label_propagation --workdir W [--clips N] [--frames T] [--feature F]
 
 Subcommands:
 
@@ -76,6 +77,13 @@ Subcommands:
   stride s of ``--strides``, beside nearest-guidance fill, overall and per
   target-magnitude range. A model with ``model.upsample="bilinear"`` at
   encoder stride s cannot do better than its row.
+* ``label_propagation``: representation quality, not speed: on ``--clips``
+  held-out synthetic clips of a trained workdir's procedural data
+  (``cmp_jax.evaluation.video_segmentation``), the video label propagation
+  J, F and J&F (DAVIS-2017 protocol and metrics) of its trained encoder and of
+  the initialisation its training started from, and the time per propagated
+  frame (after one clip compiles). Last line ``jf_gain <G>``, the trained
+  J&F minus the random one, in points.
 
 Each subcommand is a ``(help, add_arguments, run)`` entry of ``COMMANDS``.
 BLAS/OpenMP pools are limited to one thread before NumPy is imported, so
@@ -641,6 +649,49 @@ def run_resolution_bound(args: argparse.Namespace) -> None:
         print(f"| {name} | " + " | ".join("-" if math.isnan(v) else f"{v:.3f}" for v in cells) + " |")
 
 
+def _add_label_propagation_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", required=True, help="trained workdir of synthetic data")
+    parser.add_argument("--clips", type=int, default=16, help="held-out synthetic clips")
+    parser.add_argument("--frames", type=int, default=None, help="frames per clip (default: the config's)")
+    parser.add_argument("--feature", default=None, help="encoder output (default: config.label_prop.feature)")
+
+
+def run_label_propagation(args: argparse.Namespace) -> None:
+    """Label propagation J&F of the trained encoder vs its random initialisation on held-out clips."""
+    from cmp_jax import state as state_lib
+    from cmp_jax.evaluation import video_segmentation as vs
+    from configs import base
+
+    config, variables, step = state_lib.load_variables(args.workdir)
+    if "label_prop" not in config:
+        config.label_prop = base.get_config().label_prop
+    feature = args.feature or vs.feature_of(config)
+    clips = vs.synthetic_clips(config, args.clips, args.frames or config.label_prop.num_frames)
+    model, _ = state_lib.build_from_config(config)
+    model = model.clone(bn_axis_name=None)
+    protocol = vs.protocol_of(config)
+    frames = sum(len(c.frames) - 1 for c in clips)
+    rows = {}
+    for label, encoder_variables in (("trained", variables), ("random init", vs.random_variables(config))):
+        vs.evaluate_encoder(model, encoder_variables, clips[:1], protocol, feature)  # compile
+        start = time.perf_counter()
+        summary, _ = vs.evaluate_encoder(model, encoder_variables, clips, protocol, feature)
+        rows[label] = (summary, (time.perf_counter() - start) / frames)
+    print(
+        f"{args.workdir} (step {step}): {config.model.backbone}, feature {feature!r}; {len(clips)} held-out "
+        f"synthetic clips of {clips[0].frames.shape[0]} frames {clips[0].frames.shape[1]}x"
+        f"{clips[0].frames.shape[2]} (seed {config.label_prop.seed}); protocol {protocol}"
+    )
+    print("| encoder | J | F | J&F | ms per frame |\n| --- | --- | --- | --- | --- |")
+    for label, (summary, seconds) in rows.items():
+        print(
+            f"| {label} | {100 * summary['J']:.1f} | {100 * summary['F']:.1f} | {100 * summary['JF']:.1f} | "
+            f"{1000 * seconds:.0f} |"
+        )
+    gain = 100 * (rows["trained"][0]["JF"] - rows["random init"][0]["JF"])
+    print(f"jf_gain {gain:.2f}")
+
+
 COMMANDS = {
     "sampler": ("guidance sampler vs the SciPy oracle", _add_sampler_arguments, run_sampler),
     "pipeline": ("list-file tf.data pipeline on 1 and 2 cores", _add_pipeline_arguments, run_pipeline),
@@ -655,6 +706,11 @@ COMMANDS = {
         "a trained workdir's EPE vs zero / nearest / splat on any validation data",
         _add_propagation_arguments,
         run_propagation,
+    ),
+    "label_propagation": (
+        "video label propagation J&F: a trained encoder vs its random initialisation",
+        _add_label_propagation_arguments,
+        run_label_propagation,
     ),
     "resolution_bound": (
         "EPE of a model exact at 1/s of the crop vs nearest fill",

@@ -42,6 +42,7 @@ def tiny_config(**overrides):
     config = synthetic.get_config()
     config.model.backbone = "resnet18"
     config.model.upsample = "bilinear"  # the original's decoder, as the released configs
+    config.label_prop.num_clips = 0  # no label propagation at eval (tests switch it on)
     config.model.output_stride = 32
     config.model.img_enc_dim = 16
     config.model.decoder_combo = (1,)
