@@ -5,7 +5,8 @@ CPU; "The embedded default" in docs/training.md gives the measured run)::
 
     python main.py --config=configs/synthetic.py --workdir=runs/synthetic
 
-Cost: 1,500 steps x 8 = 12,000 images of 64 x 64, plus 4 evaluations of 128.
+Cost: 1,500 steps x 8 = 12,000 images of 64 x 64, plus 4 evaluations of 128
+images and of label propagation on 4 clips of 8 frames.
 
 ResNet-18 (output stride 8) with the plain decoder and convex upsampling,
 64 x 64 crops from 72 x 72 procedural frames, grid + watershed guidance with K
@@ -33,7 +34,9 @@ docs/benchmarks.md measures each):
 
 Evaluation every 500 steps (and at the end) compares the model's end-point
 error with the zero-flow, nearest-guidance and Gaussian-splat baselines on the
-same 128 held-out validation examples (another seed of the generator).
+same 128 held-out validation examples (another seed of the generator), and
+scores the encoder by video label propagation on 4 held-out clips
+(``config.label_prop``, ``eval/label_prop/jf``).
 """
 
 from configs import base
