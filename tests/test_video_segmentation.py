@@ -111,3 +111,27 @@ def test_training_logs_label_propagation_at_each_eval(tmp_path):
     assert metrics["eval/label_prop/jf"] == pytest.approx(
         (metrics["eval/label_prop/j"] + metrics["eval/label_prop/f"]) / 2
     )
+
+
+def test_torch_encoder_replaces_the_trunk(workdir, tmp_path):
+    import torch
+    import torchvision
+
+    net = torchvision.models.resnet18()
+    path = tmp_path / "r18.pth"
+    torch.save(net.state_dict(), path)
+    config, variables, _ = state_lib.load_variables(workdir)
+    loaded = _load_script("eval_label_propagation")._torch_encoder_variables(str(path), config, variables)
+    ours = loaded["params"]["image_encoder"]
+    np.testing.assert_array_equal(
+        ours["conv1"]["kernel"], net.conv1.weight.detach().numpy().transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(
+        loaded["batch_stats"]["image_encoder"]["layer4_1"]["bn2"]["var"],
+        net.layer4[1].bn2.running_var.numpy(),
+    )
+    # conv5 (not in torchvision) and the flow parts stay the workdir's.
+    np.testing.assert_array_equal(
+        ours["conv5"]["kernel"], variables["params"]["image_encoder"]["conv5"]["kernel"]
+    )
+    assert loaded["params"]["flow_decoder"] is variables["params"]["flow_decoder"]
