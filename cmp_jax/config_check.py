@@ -241,7 +241,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         lambda v: _is_real(v) and 0 <= v < math.inf,
         "a finite number >= 0 px (0: one-hot)",
     )
-    c.integer("batch_size", 1, "a positive int (global batch over all devices)")
+    if (
+        c.integer("batch_size", 1, "a positive int (global batch over all devices)")
+        and "grad_accum_steps" in config
+    ):
+        c.check(
+            "grad_accum_steps",
+            lambda v: _is_int(v) and v >= 1 and config.batch_size % v == 0,
+            f"a positive int dividing batch_size={config.batch_size} (micro-batches of batch_size / k)",
+        )
     c.integer("num_train_steps", 0, "an int >= 0")
     c.boolean("sync_batchnorm")
     c.choice("distributed", ("auto", "on", "off"))

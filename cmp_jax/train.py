@@ -48,6 +48,33 @@ from cmp_jax.state import TrainState
 from input_pipeline import pipeline
 
 
+def _loss_and_grads(
+    state: TrainState,
+    batch_stats: Any,
+    batch: Mapping[str, jax.Array],
+    rng: jax.Array,
+    bins: FlowBins,
+    motion_weight: float,
+    label_sigma: float,
+) -> tuple[jax.Array, Any, Any]:
+    """(loss, gradients, updated BatchNorm statistics) of one (micro-)batch in training mode."""
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": batch_stats},
+            batch["image"],
+            batch["sparse"],
+            batch["mask"],
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": rng},
+        )
+        return discrete_flow_loss(logits, batch["flow"], bins, motion_weight, label_sigma), updates
+
+    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return loss, grads, updates.get("batch_stats", batch_stats)
+
+
 def train_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
@@ -57,6 +84,7 @@ def train_step(
     axis_name: str | None = None,
     motion_weight: float = 0.0,
     label_sigma: float = 0.0,
+    grad_accum_steps: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on the discrete flow loss.
 
@@ -71,6 +99,11 @@ def train_step(
         (``losses.discrete_flow_loss``; 0 = the original's plain mean).
       label_sigma: Gaussian soft targets over the bins, in pixels
         (``losses.discrete_flow_loss``; 0 = the original's one-hot bins).
+      grad_accum_steps: k; with k > 1 the batch is split into k micro-batches
+        of B / k run one after the other (``lax.scan``; BatchNorm statistics
+        updated after each, dropout keyed per micro-batch), and the one
+        optimiser step uses the mean of their gradients (and reports the mean
+        of their losses). k = 1 is the plain step.
 
     Returns:
       (new state, metrics): ``loss``, ``lr`` (of this step) and ``num_guides``
@@ -79,20 +112,32 @@ def train_step(
     rng = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:
         rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-
-    def loss_fn(params):
-        logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats},
-            batch["image"],
-            batch["sparse"],
-            batch["mask"],
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": rng},
+    step_loss = functools.partial(
+        _loss_and_grads, state, bins=bins, motion_weight=motion_weight, label_sigma=label_sigma
+    )
+    if grad_accum_steps == 1:
+        loss, grads, batch_stats = step_loss(state.batch_stats, batch, rng)
+    else:
+        size = batch["image"].shape[0]
+        if size % grad_accum_steps:
+            raise ValueError(
+                f"batch of {size} per device does not split into grad_accum_steps={grad_accum_steps}"
+            )
+        micro = jax.tree.map(
+            lambda x: x.reshape(grad_accum_steps, size // grad_accum_steps, *x.shape[1:]), batch
         )
-        return discrete_flow_loss(logits, batch["flow"], bins, motion_weight, label_sigma), updates
 
-    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        def accumulate(carry, inputs):
+            grads_sum, loss_sum, stats = carry
+            index, micro_batch = inputs
+            loss, grads, stats = step_loss(stats, micro_batch, jax.random.fold_in(rng, index))
+            return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss, stats), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        carry = (zeros, jnp.zeros((), jnp.float32), state.batch_stats)
+        (grads, loss, batch_stats), _ = jax.lax.scan(accumulate, carry, (jnp.arange(grad_accum_steps), micro))
+        grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
+        loss = loss / grad_accum_steps
     metrics = {
         "loss": loss,
         "lr": jnp.asarray(schedule(state.step), jnp.float32),
@@ -101,7 +146,7 @@ def train_step(
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
         metrics = jax.lax.pmean(metrics, axis_name)
-    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     return state, metrics
 
 
@@ -342,6 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             schedule=schedule,
             motion_weight=config.loss.motion_weight,
             label_sigma=config.loss.label_sigma,
+            grad_accum_steps=config.get("grad_accum_steps", 1),
         )
     )
     state = parallel.replicate(state)

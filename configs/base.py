@@ -161,6 +161,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Global batch over all devices of all processes (original: per-GPU batch x
     # GPUs = 10 x 16); per-device batch = batch_size / (local devices x processes).
     config.batch_size = 160
+    # Gradient accumulation: each optimiser step averages the gradients of k
+    # micro-batches of batch_size / k run one after the other (BatchNorm
+    # statistics updated per micro-batch); the lr schedule counts optimiser steps.
+    config.grad_accum_steps = 1
     config.num_train_steps = 42_000
     # BatchNorm statistics averaged over all devices in training (False: per
     # device, as the original).

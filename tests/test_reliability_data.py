@@ -282,3 +282,14 @@ def test_bad_example_error_is_unwrapped(tmp_path):
         and "huge.flo holds 1 value beyond" in message
     )
     assert "function_node" not in message and "data.skip_bad_examples=True" in message
+
+
+def test_grad_accum_steps_must_divide_the_batch():
+    config = base.get_config()
+    config.grad_accum_steps = 3
+    with pytest.raises(
+        ValueError, match=r"grad_accum_steps=3: expected a positive int dividing batch_size=160"
+    ):
+        config_check.validate_config(config)
+    config.grad_accum_steps = 4
+    config_check.validate_config(config)

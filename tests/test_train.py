@@ -247,6 +247,42 @@ def test_sync_batchnorm_pmap_step_equals_one_device_step():
     assert max_diff(local_stats, ref_state.batch_stats) > 100 * 1e-6
 
 
+def test_grad_accumulation_averages_the_micro_batch_gradients():
+    config = tiny_config(sync_batchnorm=False)
+    model, bins = state_lib.build_from_config(config)
+    schedule = state_lib.learning_rate_schedule(config)
+    state = state_lib.create_train_state(config, model, state_lib.create_optimizer(config, schedule))
+    batch = {k: v.reshape(-1, *v.shape[2:]) for k, v in _guided_batch(1, 4, config.data.crop_size[0]).items()}
+    step = functools.partial(train.train_step, bins=bins, schedule=schedule)
+    accumulated, metrics = jax.device_get(jax.jit(functools.partial(step, grad_accum_steps=2))(state, batch))
+
+    # Reference: the two halves' gradients computed separately, averaged, one optimiser step.
+    rng = jax.random.fold_in(state.rng, state.step)
+    halves = [{k: v[i * 2 : (i + 1) * 2] for k, v in batch.items()} for i in range(2)]
+    stats, losses, grads = state.batch_stats, [], []
+    for i, half in enumerate(halves):
+        loss, g, stats = train._loss_and_grads(
+            state, stats, half, jax.random.fold_in(rng, i), bins, motion_weight=0.0, label_sigma=0.0
+        )
+        losses.append(float(loss))
+        grads.append(g)
+    mean = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
+    expected = jax.device_get(state.apply_gradients(grads=mean, batch_stats=stats))
+    np.testing.assert_allclose(float(metrics["loss"]), np.mean(losses), rtol=1e-6)
+    _assert_trees_close(accumulated.params, expected.params, rtol=1e-5, atol=1e-7)
+    _assert_trees_close(accumulated.batch_stats, expected.batch_stats, rtol=1e-5, atol=1e-7)
+    assert int(accumulated.step) == 1  # one optimiser step: the lr schedule counts steps, not micro-batches
+    # ... and it is not the full-batch step (BatchNorm statistics per micro-batch differ).
+    full, _ = jax.device_get(jax.jit(step)(state, batch))
+    diffs = [
+        np.max(np.abs(a - b))
+        for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(accumulated.params), strict=True)
+    ]
+    assert max(diffs) > 1e-6
+    with pytest.raises(ValueError, match="does not split into grad_accum_steps=3"):
+        step(state, batch, grad_accum_steps=3)
+
+
 def test_resume_after_stop_reproduces_the_uninterrupted_run(full_run, two_step_run, resumed_run):
     stopped = _train_losses(two_step_run.workdir)
     assert sorted(stopped) == [1, 2] and _latest_step(two_step_run.workdir) == 2
