@@ -37,7 +37,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from cmp_jax import checkpoint, config_check, evaluation, parallel
+from cmp_jax import checkpoint, config_check, evaluation, memory_report, parallel
 from cmp_jax import state as state_lib
 from cmp_jax.evaluation import video_segmentation
 from cmp_jax.evaluation.evaluator import Evaluator
@@ -336,6 +336,26 @@ class _TrainLog:
         self._history, self._tick, self._tick_step = [], time.perf_counter(), step
 
 
+def _compiled_train_step(p_train: Callable[..., Any], state: TrainState, dataset: Any, config: Any):
+    """The pmapped step compiled ahead of time for the dataset's batches, after its memory check.
+
+    Logs XLA's per-device memory plan; raises ``MemoryError`` (from
+    ``memory_report.check``) before the first step when a device reports less
+    memory than the plan needs. Falls back to the lazily compiled step when the
+    batch shapes are not fully known.
+    """
+    spec = dataset.element_spec
+    if any(None in tuple(v.shape) for v in spec.values()):
+        return p_train
+    batch = {k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype.as_numpy_dtype) for k, v in spec.items()}
+    compiled = p_train.lower(state, batch).compile()
+    memory = memory_report.step_memory(compiled, batch["image"].shape[1])
+    limit = memory_report.device_limit(jax.local_devices()[0])
+    logging.info("%s", memory_report.describe(memory, limit))
+    memory_report.check(memory, limit, config, jax.device_count())
+    return compiled
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
     """Trains ``config`` in ``workdir``, resuming from its newest good checkpoint if any.
 
@@ -391,6 +411,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         )
     )
     state = parallel.replicate(state)
+    p_train = _compiled_train_step(p_train, state, train_ds, config)
     eval_metrics: dict[str, float] = {}
     try:
         if start == 0 and config.eval_at_start:
