@@ -61,22 +61,41 @@ class AlexNetBNFCN(nn.Module):
         Returns:
           ``{"features": (N, H/32, W/32, output_dim)}`` for the default strides.
         """
-        ops = self.ops
         s1, s2, s3, s5 = self.strides
-        x = conv_bn_relu(ops, x, train, 96, 11, stride=s1, padding=5, conv_name="conv1_0", bn_name="conv1_1")
-        x = max_pool(x, 3, s2, 1)
-        x = conv_bn_relu(ops, x, train, 256, 5, padding=2, conv_name="conv2_0", bn_name="conv2_1")
-        x = max_pool(x, 3, s3, 1)
-        x = conv_bn_relu(ops, x, train, 384, 3, padding=1, conv_name="conv3_0", bn_name="conv3_1")
-        x = conv_bn_relu(ops, x, train, 384, 3, padding=1, conv_name="conv4_0", bn_name="conv4_1")
-        x = conv_bn_relu(ops, x, train, 256, 3, padding=1, conv_name="conv5_0", bn_name="conv5_1")
-        x = max_pool(x, 3, s5, 1)
-        x = conv_bn_relu(ops, x, train, 4096, 3, padding=1, conv_name="fc6_0", bn_name="fc6_1")
+        stage = self.ops.remat_block(AlexNetBNFCN._stage, static_argnums=tuple(range(2, 9)))
+        x = stage(self, x, train, "conv1", 96, 11, s1, 5, s2)
+        x = stage(self, x, train, "conv2", 256, 5, 1, 2, s3)
+        x = stage(self, x, train, "conv3", 384, 3, 1, 1, 0)
+        x = stage(self, x, train, "conv4", 384, 3, 1, 1, 0)
+        x = stage(self, x, train, "conv5", 256, 3, 1, 1, s5)
+        x = stage(self, x, train, "fc6", 4096, 3, 1, 1, 0)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = conv_bn_relu(ops, x, train, 4096, 1, conv_name="fc7_0", bn_name="fc7_1")
+        x = stage(self, x, train, "fc7", 4096, 1, 1, 0, 0)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = ops.conv(self.output_dim, 1, name="conv8")(x)
+        x = self.ops.conv(self.output_dim, 1, name="conv8")(x)
         return {"features": x}
+
+    def _stage(
+        self,
+        x: jax.Array,
+        train: bool,
+        name: str,
+        features: int,
+        kernel: int,
+        stride: int,
+        padding: int,
+        pool_stride: int,
+    ) -> jax.Array:
+        """One stage: conv ``{name}_0``, BN ``{name}_1``, ReLU, then a 3x3 max-pool if ``pool_stride``.
+
+        A unit of ``ModelOps.remat_block``, called from ``__call__`` with the
+        module as ``self``; every argument but ``x`` is static.
+        """
+        x = conv_bn_relu(
+            self.ops, x, train, features, kernel, stride=stride, padding=padding,
+            conv_name=f"{name}_0", bn_name=f"{name}_1",
+        )  # fmt: skip
+        return max_pool(x, 3, pool_stride, 1) if pool_stride else x
 
 
 class _ResidualBlock(nn.Module):
@@ -220,6 +239,7 @@ class DilatedResNet(nn.Module):
             raise ValueError(f"unknown ResNet depth {self.depth}; choose one of {sorted(RESNET_DEPTHS)}")
         block_cls, counts = RESNET_DEPTHS[self.depth]
         ops = self.ops
+        block = ops.remat_block(block_cls, static_argnums=(2,))
         x = ops.conv(64, 7, stride=2, padding=3, use_bias=False, name="conv1")(x)
         stem = nn.relu(ops.batch_norm(name="bn1")(x, train))
         x = max_pool(stem, 3, 2, 1)
@@ -230,7 +250,7 @@ class DilatedResNet(nn.Module):
         ):
             planes = 64 * 2 ** (li - 1)
             for bi in range(count):
-                x = block_cls(
+                x = block(
                     ops,
                     planes,
                     stride=stride if bi == 0 else 1,

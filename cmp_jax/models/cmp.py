@@ -52,6 +52,11 @@ class CMP(nn.Module):
         at 1/s and are upsampled bilinearly by the loss and the read-out) or
         ``"convex"`` (``ConvexUpsampler`` returns them at full resolution;
         plain decoder only; not in the original).
+      remat: rematerialisation, ``"none"`` (keep every activation for the
+        backward pass) or ``"blocks"`` (each ResNet residual block,
+        BN-AlexNet stage and decoder branch recomputed in the backward pass;
+        less activation memory, more compute; see ``ModelOps``). The
+        parameters and their names are the same.
     """
 
     backbone: str = "resnet50"
@@ -67,6 +72,7 @@ class CMP(nn.Module):
     dilation_style: str = "cmp"
     conv_impl: str = "auto"
     upsample: str = "bilinear"
+    remat: str = "none"
 
     @property
     def stride(self) -> int:
@@ -86,7 +92,11 @@ class CMP(nn.Module):
         if self.decoder == "skip" and self.backbone == "alexnet":
             raise ValueError("the skip decoder needs a ResNet backbone (AlexNet has no skips)")
         ops = ModelOps(
-            init=self.init_scheme, dtype=self.dtype, bn_axis_name=self.bn_axis_name, conv_impl=self.conv_impl
+            init=self.init_scheme,
+            dtype=self.dtype,
+            bn_axis_name=self.bn_axis_name,
+            conv_impl=self.conv_impl,
+            remat=self.remat,
         )
         if self.backbone == "alexnet":
             self.image_encoder = AlexNetBNFCN(ops, output_dim=self.img_enc_dim)

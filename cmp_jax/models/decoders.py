@@ -25,31 +25,46 @@ from cmp_jax.models.layers import ModelOps, conv_bn_relu, max_pool
 BRANCH_STRIDES = (1, 2, 4, 8)
 
 
-def _branch(ops: ModelOps, x: jax.Array, train: bool, k: int, num_convs: int) -> jax.Array:
-    """One propagation branch: max-pool k (k > 1), ``num_convs`` 3x3 conv-BN-ReLU to 128.
+class _BranchDecoder(nn.Module):
+    """Base of the two decoders: their propagation branch.
 
-    Output is upsampled back to the input size (align-corners bilinear). Must be
-    called inside the decoder's compact method; creates ``decoder{k}_{i}``.
+    Attributes:
+      ops: layer factory.
     """
-    size = x.shape[1:3]
-    if min(size) < k:
-        raise ValueError(
-            f"decoder branch {k} max-pools by {k} but the features are only {size[0]}x{size[1]}; "
-            f"use an input at least {k} times the encoder stride on each side"
-        )
-    offset = 0
-    if k > 1:
-        x = max_pool(x, k, k)
-        offset = 1
-    for j in range(num_convs):
-        i = offset + 3 * j
-        x = conv_bn_relu(
-            ops, x, train, 128, 3, padding=1, conv_name=f"decoder{k}_{i}", bn_name=f"decoder{k}_{i + 1}"
-        )
-    return resize_bilinear_align_corners(x, size)
+
+    ops: ModelOps = ModelOps()
+
+    def _branches(self, x: jax.Array, train: bool, strides: Sequence[int], num_convs: int) -> list[jax.Array]:
+        """``_branch`` for each of ``strides``, each a unit of ``ModelOps.remat_block``."""
+        branch = self.ops.remat_block(_BranchDecoder._branch, static_argnums=(2, 3, 4))
+        return [branch(self, x, train, k, num_convs) for k in strides]
+
+    def _branch(self, x: jax.Array, train: bool, k: int, num_convs: int) -> jax.Array:
+        """One propagation branch: max-pool k (k > 1), ``num_convs`` 3x3 conv-BN-ReLU to 128.
+
+        Output is upsampled back to the input size (align-corners bilinear).
+        Creates ``decoder{k}_{i}`` in this module's scope.
+        """
+        size = x.shape[1:3]
+        if min(size) < k:
+            raise ValueError(
+                f"decoder branch {k} max-pools by {k} but the features are only {size[0]}x{size[1]}; "
+                f"use an input at least {k} times the encoder stride on each side"
+            )
+        offset = 0
+        if k > 1:
+            x = max_pool(x, k, k)
+            offset = 1
+        for j in range(num_convs):
+            i = offset + 3 * j
+            x = conv_bn_relu(
+                self.ops, x, train, 128, 3, padding=1,
+                conv_name=f"decoder{k}_{i}", bn_name=f"decoder{k}_{i + 1}",
+            )  # fmt: skip
+        return resize_bilinear_align_corners(x, size)
 
 
-class MotionDecoderPlain(nn.Module):
+class MotionDecoderPlain(_BranchDecoder):
     """Plain propagation decoder (all representation-learning configs).
 
     One branch per entry of ``combo`` (max-pool k, two 3x3 conv-BN-ReLU to 128,
@@ -63,7 +78,6 @@ class MotionDecoderPlain(nn.Module):
       combo: pooling strides of the branches, each in (1, 2, 4, 8).
     """
 
-    ops: ModelOps = ModelOps()
     output_dim: int = 198
     combo: Sequence[int] = (1, 2, 4)
 
@@ -83,12 +97,12 @@ class MotionDecoderPlain(nn.Module):
             raise ValueError(
                 f"decoder combo must be distinct values from {BRANCH_STRIDES}, got {tuple(self.combo)}"
             )
-        branches = [_branch(self.ops, x, train, k, num_convs=2) for k in self.combo]
+        branches = self._branches(x, train, self.combo, num_convs=2)
         x = jnp.concatenate(branches, axis=-1)
         return self.ops.conv(self.output_dim, 1, name="head")(x)
 
 
-class MotionDecoderSkipLayer(nn.Module):
+class MotionDecoderSkipLayer(_BranchDecoder):
     """Skip-layer decoder of the released demo model (semi-automatic annotation).
 
     Four branches (k = 1, 2, 4, 8) with three 3x3 conv-BN-ReLU each, concat ->
@@ -104,7 +118,6 @@ class MotionDecoderSkipLayer(nn.Module):
       output_dim: 2 * C logits.
     """
 
-    ops: ModelOps = ModelOps()
     output_dim: int = 198
 
     @nn.compact
@@ -126,7 +139,7 @@ class MotionDecoderSkipLayer(nn.Module):
                 f"the skip decoder needs encoder features {missing}; only ResNet image encoders provide them"
             )
         ops = self.ops
-        x = jnp.concatenate([_branch(ops, x, train, k, num_convs=3) for k in BRANCH_STRIDES], -1)
+        x = jnp.concatenate(self._branches(x, train, BRANCH_STRIDES, num_convs=3), -1)
         x = conv_bn_relu(ops, x, train, 256, 3, padding=1, conv_name="fusion8_0", bn_name="fusion8_1")
         for level, skip_name, skip_ch, fused_ch in ((4, "layer1", 128, 128), (2, "stem", 32, 64)):
             skip = skips[skip_name]

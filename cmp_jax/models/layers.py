@@ -28,6 +28,12 @@ default backend is the CPU and ``"xla"`` on GPU/TPU (``resolve_conv_impl``):
   (the RGB and guidance stems), where k * k thin matmuls lose, stay on
   ``lax.conv``. Meant for CPU training (``scripts/benchmark.py train_step``);
   on GPU/TPU ``lax.conv`` is the native path.
+
+Rematerialisation (``ModelOps.remat``): ``"none"`` (default) keeps every
+activation for the backward pass; ``"blocks"`` stores only the inputs of each
+block (ResNet residual block, BN-AlexNet stage, decoder branch) and recomputes
+its inside in the backward pass (``flax.linen.remat``), trading compute for
+activation memory. The parameters, their names and the function are the same.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from jax import lax
 
 INIT_SCHEMES = ("original", "he")
 CONV_IMPLS = ("auto", "xla", "taps")
+REMAT_MODES = ("none", "blocks")
 # Below this many input channels a k x k "taps" convolution (k > 1) uses lax.conv.
 TAP_MIN_CHANNELS = 16
 
@@ -97,17 +104,43 @@ class ModelOps:
         (``lax.conv_general_dilated``), ``"taps"`` (``tap_conv``) or ``"auto"``
         (``resolve_conv_impl``: taps on CPU, xla on GPU/TPU). Same parameters
         and function; only speed and rounding differ.
+      remat: rematerialisation, one of ``REMAT_MODES``: ``"none"`` or
+        ``"blocks"`` (each block recomputed in the backward pass; see
+        ``remat_block``).
     """
 
     init: str = "original"
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
     conv_impl: str = "auto"
+    remat: str = "none"
 
     def __post_init__(self):
         if self.init not in INIT_SCHEMES:
             raise ValueError(f"unknown init scheme {self.init!r}; choose one of {INIT_SCHEMES}")
         resolve_conv_impl(self.conv_impl)
+        if self.remat not in REMAT_MODES:
+            raise ValueError(f"unknown remat {self.remat!r}; choose one of {REMAT_MODES}")
+
+    def remat_block(self, target: Any, static_argnums: tuple[int, ...]) -> Any:
+        """``target`` recomputed in the backward pass when ``remat == "blocks"``.
+
+        ``flax.linen.remat`` lifts the module's scope, so the variables the
+        block creates keep their names and places in the tree.
+
+        Args:
+          target: a Module class, or an unbound method of a Module class
+            called as ``target(module, *args)`` (its submodules are created in
+            ``module``'s scope, as when called directly).
+          static_argnums: positions of the non-array arguments (``train``,
+            sizes, names), counting the module (``self``) as 0.
+
+        Returns:
+          ``target`` itself for ``remat == "none"``, else its remat version.
+        """
+        if self.remat == "none":
+            return target
+        return nn.remat(target, static_argnums=static_argnums)
 
     def kernel_init(self) -> nn.initializers.Initializer:
         """Returns the conv kernel initialiser of the chosen scheme."""
