@@ -23,7 +23,7 @@ from cmp_jax.flow import FlowBins
 from cmp_jax.models.backbones import DILATION_STYLES
 from cmp_jax.models.cmp import BACKBONES, DECODERS, UPSAMPLINGS
 from cmp_jax.models.decoders import BRANCH_STRIDES
-from cmp_jax.models.layers import CONV_IMPLS, INIT_SCHEMES
+from cmp_jax.models.layers import CONV_IMPLS, INIT_SCHEMES, REMAT_MODES
 from input_pipeline import image_ops, lists, pipeline
 
 _RESNET_STRIDES = (8, 16, 32)
@@ -114,6 +114,8 @@ def _check_model(c: _Checker) -> int | None:
     ok &= c.choice("model.init_scheme", INIT_SCHEMES)
     ok &= c.choice("model.dtype", _DTYPES)
     ok &= c.choice("model.dilation_style", DILATION_STYLES) & c.choice("model.conv_impl", CONV_IMPLS)
+    if "remat" in model:  # configs saved before the field existed do not rematerialise
+        ok &= c.choice("model.remat", REMAT_MODES)
     if "upsample" in model:  # configs saved before the field existed are bilinear
         ok &= c.choice("model.upsample", UPSAMPLINGS)
         if ok and model.upsample == "convex" and model.decoder != "plain":

@@ -48,6 +48,10 @@ def get_config() -> ml_collections.ConfigDict:
     # the read-out) or "convex" (learned convex upsampling to full resolution, as RAFT
     # does; plain decoder only; not in the original).
     config.model.upsample = "bilinear"
+    # "none" or "blocks": recompute each ResNet block / AlexNet stage / decoder
+    # branch in the backward pass (less activation memory kept, more compute;
+    # the same parameters and function).
+    config.model.remat = "none"
 
     # --- flow quantisation: cmp_jax.flow.FlowBins(**config.flow)
     config.flow = ml_collections.ConfigDict()
