@@ -658,17 +658,12 @@ def _add_label_propagation_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_label_propagation(args: argparse.Namespace) -> None:
     """Label propagation J&F of the trained encoder vs its random initialisation on held-out clips."""
-    from cmp_jax import state as state_lib
     from cmp_jax.evaluation import video_segmentation as vs
     from configs import base
 
-    config, variables, step = state_lib.load_variables(args.workdir)
-    if "label_prop" not in config:
-        config.label_prop = base.get_config().label_prop
+    config, variables, step, model = vs.load_workdir(args.workdir, None, base.get_config().label_prop)
     feature = args.feature or vs.feature_of(config)
     clips = vs.synthetic_clips(config, args.clips, args.frames or config.label_prop.num_frames)
-    model, _ = state_lib.build_from_config(config)
-    model = model.clone(bn_axis_name=None)
     protocol = vs.protocol_of(config)
     frames = sum(len(c.frames) - 1 for c in clips)
     rows = {}

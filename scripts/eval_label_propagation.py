@@ -95,14 +95,10 @@ def _write_masks(out: pathlib.Path, predictions: dict[str, np.ndarray]) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Scores each encoder on the clips and prints the tables."""
     args = parse_args(argv)
-    from cmp_jax import state as state_lib
     from cmp_jax.evaluation import video_segmentation as vs
+    from configs import base
 
-    config, variables, step = state_lib.load_variables(args.workdir, args.step)
-    if "label_prop" not in config:  # a workdir written before config.label_prop existed
-        from configs import base
-
-        config.label_prop = base.get_config().label_prop
+    config, variables, step, model = vs.load_workdir(args.workdir, args.step, base.get_config().label_prop)
     protocol = {
         k: v if getattr(args, k) is None else getattr(args, k) for k, v in vs.protocol_of(config).items()
     }
@@ -118,8 +114,6 @@ def main(argv: list[str] | None = None) -> None:
         ]
     else:
         clips = vs.synthetic_clips(config, args.synthetic or 8, args.frames or config.label_prop.num_frames)
-    model, _ = state_lib.build_from_config(config)
-    model = model.clone(bn_axis_name=None)
     encoders = {f"workdir (step {step})": (variables, feature)}
     if "random" in args.compare:
         encoders["random init"] = (vs.random_variables(config), feature)

@@ -84,6 +84,27 @@ def synthetic_clips(config: ml_collections.ConfigDict, num_clips: int, num_frame
     return clips
 
 
+def load_workdir(
+    workdir: str, step: int | None, default_label_prop: ml_collections.ConfigDict
+) -> tuple[ml_collections.ConfigDict, dict[str, Any], int, Any]:
+    """A trained workdir for label propagation.
+
+    Args:
+      workdir: the training workdir.
+      step: its checkpoint to read (None: the newest good one).
+      default_label_prop: ``label_prop`` group for a workdir written before it existed.
+
+    Returns:
+      (config, variables, step, model): ``state.load_variables``'s three and the
+      config's ``CMP`` without BatchNorm synchronisation.
+    """
+    config, variables, step = state_lib.load_variables(workdir, step)
+    if "label_prop" not in config:
+        config.label_prop = default_label_prop
+    model, _ = state_lib.build_from_config(config)
+    return config, variables, step, model.clone(bn_axis_name=None)
+
+
 def random_variables(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The variables a training run of ``config`` starts from (its seed's initialisation)."""
     model, _ = state_lib.build_from_config(config)
