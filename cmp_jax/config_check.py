@@ -243,6 +243,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         lambda v: _is_real(v) and 0 <= v < math.inf,
         "a finite number >= 0 px (0: one-hot)",
     )
+    if "epe_weight" in config.loss:
+        c.check(
+            "loss.epe_weight", lambda v: _is_real(v) and 0 <= v < math.inf, "a finite number >= 0 (0: off)"
+        )
     if (
         c.integer("batch_size", 1, "a positive int (global batch over all devices)")
         and "grad_accum_steps" in config

@@ -56,6 +56,7 @@ def _loss_and_grads(
     bins: FlowBins,
     motion_weight: float,
     label_sigma: float,
+    epe_weight: float,
 ) -> tuple[jax.Array, Any, Any]:
     """(loss, gradients, updated BatchNorm statistics) of one (micro-)batch in training mode."""
 
@@ -69,7 +70,8 @@ def _loss_and_grads(
             mutable=["batch_stats"],
             rngs={"dropout": rng},
         )
-        return discrete_flow_loss(logits, batch["flow"], bins, motion_weight, label_sigma), updates
+        loss = discrete_flow_loss(logits, batch["flow"], bins, motion_weight, label_sigma, epe_weight)
+        return loss, updates
 
     (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return loss, grads, updates.get("batch_stats", batch_stats)
@@ -84,6 +86,7 @@ def train_step(
     axis_name: str | None = None,
     motion_weight: float = 0.0,
     label_sigma: float = 0.0,
+    epe_weight: float = 0.0,
     grad_accum_steps: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on the discrete flow loss.
@@ -99,6 +102,8 @@ def train_step(
         (``losses.discrete_flow_loss``; 0 = the original's plain mean).
       label_sigma: Gaussian soft targets over the bins, in pixels
         (``losses.discrete_flow_loss``; 0 = the original's one-hot bins).
+      epe_weight: weight of the soft-argmax end-point error added to the loss
+        (``losses.discrete_flow_loss``; 0 = the original's cross-entropy only).
       grad_accum_steps: k; with k > 1 the batch is split into k micro-batches
         of B / k run one after the other (``lax.scan``; BatchNorm statistics
         updated after each, dropout keyed per micro-batch), and the one
@@ -113,7 +118,12 @@ def train_step(
     if axis_name is not None:
         rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
     step_loss = functools.partial(
-        _loss_and_grads, state, bins=bins, motion_weight=motion_weight, label_sigma=label_sigma
+        _loss_and_grads,
+        state,
+        bins=bins,
+        motion_weight=motion_weight,
+        label_sigma=label_sigma,
+        epe_weight=epe_weight,
     )
     if grad_accum_steps == 1:
         loss, grads, batch_stats = step_loss(state.batch_stats, batch, rng)
@@ -407,6 +417,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             schedule=schedule,
             motion_weight=config.loss.motion_weight,
             label_sigma=config.loss.label_sigma,
+            epe_weight=config.loss.get("epe_weight", 0.0),
             grad_accum_steps=config.get("grad_accum_steps", 1),
         )
     )

@@ -160,6 +160,9 @@ def get_config() -> ml_collections.ConfigDict:
     # 0 (original): one-hot bin targets. s > 0: Gaussian targets over the bin
     # centres with standard deviation s pixels around the exact flow value.
     config.loss.label_sigma = 0.0
+    # 0 (original): cross-entropy only. w > 0: plus w x the mean end-point error
+    # (pixels) of the soft-argmax flow, the quantity evaluation reports.
+    config.loss.epe_weight = 0.0
 
     # --- train
     # Global batch over all devices of all processes (original: per-GPU batch x

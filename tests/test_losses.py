@@ -1,5 +1,6 @@
 """Tests of cmp_jax.losses.discrete_flow_loss against NumPy and PyTorch references."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -132,3 +133,27 @@ def test_label_sigma_gives_gaussian_targets_over_the_bins():
     assert float(narrow) == pytest.approx(float(onehot), rel=1e-4)
     with pytest.raises(ValueError, match="label_sigma"):
         discrete_flow_loss(jnp.asarray(logits), jnp.asarray(flow), bins, label_sigma=-0.5)
+
+
+def test_epe_weight_adds_the_soft_argmax_end_point_error():
+    rng = np.random.default_rng(6)
+    bins = FlowBins(num_bins=9, fmax=9.0)
+    logits = rng.standard_normal((2, 3, 3, 18)).astype(np.float32)
+    flow = rng.uniform(-8, 8, (2, 5, 5, 2)).astype(np.float32)
+    up = _numpy_resize_align_corners(logits.astype(np.float64), 5, 5)
+    centres = np.arange(9) * 2.0 - 8.0
+    expected = []
+    for axis in range(2):
+        z = up[..., axis * 9 : (axis + 1) * 9]
+        p = np.exp(z - z.max(-1, keepdims=True))
+        expected.append((p / p.sum(-1, keepdims=True) * centres).sum(-1))
+    epe = np.hypot(expected[0] - flow[..., 0], expected[1] - flow[..., 1]).mean()
+    plain = float(discrete_flow_loss(jnp.asarray(logits), jnp.asarray(flow), bins))
+    got = float(discrete_flow_loss(jnp.asarray(logits), jnp.asarray(flow), bins, epe_weight=0.3))
+    assert got == pytest.approx(plain + 0.3 * epe, rel=1e-5)
+    # Finite gradients where the soft-argmax hits the target exactly.
+    exact = jnp.asarray(np.stack(expected, -1).astype(np.float32))
+    grad = jax.grad(lambda z: discrete_flow_loss(z, exact, bins, epe_weight=1.0))(jnp.asarray(logits))
+    assert np.isfinite(np.asarray(grad)).all()
+    with pytest.raises(ValueError, match="epe_weight"):
+        discrete_flow_loss(jnp.asarray(logits), jnp.asarray(flow), bins, epe_weight=-1.0)

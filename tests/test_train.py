@@ -262,7 +262,14 @@ def test_grad_accumulation_averages_the_micro_batch_gradients():
     stats, losses, grads = state.batch_stats, [], []
     for i, half in enumerate(halves):
         loss, g, stats = train._loss_and_grads(
-            state, stats, half, jax.random.fold_in(rng, i), bins, motion_weight=0.0, label_sigma=0.0
+            state,
+            stats,
+            half,
+            jax.random.fold_in(rng, i),
+            bins,
+            motion_weight=0.0,
+            label_sigma=0.0,
+            epe_weight=0.0,
         )
         losses.append(float(loss))
         grads.append(g)
