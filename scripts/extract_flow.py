@@ -7,6 +7,7 @@ Usage::
     python scripts/extract_flow.py --videos DIR --out DIR --val-fraction 0.2   # train.txt + val.txt
 
 It runs from a clone as is (it puts the repository root on ``sys.path``); no ``pip install`` is needed.
+``scripts/prepare_beam.py`` does the same work as an Apache Beam pipeline (same options and outputs).
 
 Inputs: ``--videos`` is a video file or a folder searched recursively for video files (extensions in
 ``VIDEO_EXTENSIONS``; anything OpenCV/FFmpeg decodes). ``--frames`` is a folder whose immediate subfolders
@@ -70,6 +71,7 @@ import os
 import pathlib
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -298,7 +300,8 @@ def resize_frame(frame: np.ndarray, short: int | None) -> np.ndarray:
     return image_ops.resize_short_side(frame, short, cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
-_DIS_CACHE: dict[str, cv2.DISOpticalFlow] = {}
+# One DIS instance per thread (an instance is not safe to share between threads; Beam runs DoFns in threads).
+_DIS = threading.local()
 
 
 def compute_flow(gray1: np.ndarray, gray2: np.ndarray, method: str) -> np.ndarray:
@@ -307,16 +310,16 @@ def compute_flow(gray1: np.ndarray, gray2: np.ndarray, method: str) -> np.ndarra
     Args:
       gray1: uint8 (H, W) first frame.
       gray2: uint8 (H, W) second frame.
-      method: ``"dis"`` (DIS, preset MEDIUM; one instance per process, reused) or ``"farneback"``.
+      method: ``"dis"`` (DIS, preset MEDIUM; one instance per thread, reused) or ``"farneback"``.
 
     Returns:
       float32 (H, W, 2): (dx, dy) in pixels such that gray1[y, x] ~ gray2[y + dy, x + dx].
     """
     gray1, gray2 = np.ascontiguousarray(gray1), np.ascontiguousarray(gray2)  # DIS requires it
     if method == "dis":
-        if "dis" not in _DIS_CACHE:
-            _DIS_CACHE["dis"] = cv2.DISOpticalFlow_create(cv2.DISOpticalFlow_PRESET_MEDIUM)
-        flow = _DIS_CACHE["dis"].calc(gray1, gray2, None)
+        if not hasattr(_DIS, "instance"):
+            _DIS.instance = cv2.DISOpticalFlow_create(cv2.DISOpticalFlow_PRESET_MEDIUM)
+        flow = _DIS.instance.calc(gray1, gray2, None)
     else:
         flow = cv2.calcOpticalFlowFarneback(gray1, gray2, None, **_FARNEBACK)
     return flow.astype(np.float32, copy=False)
@@ -499,6 +502,14 @@ def _work(task: Task) -> Result:
     return process(task, _WORKER["settings"], _bump_counter)
 
 
+def result_messages(result: Result) -> list[str]:
+    """The lines reported on stderr for one input: its warnings, then its failure if it failed."""
+    messages = [f"WARNING {warning}" for warning in result.warnings]
+    if result.error is not None:
+        messages.append(f"FAILED {result.task.path}: {result.error}")
+    return messages
+
+
 def run_all(tasks: list[Task], settings: Settings, workers: int, unit: str) -> list[Result]:
     """Processes every task (in ``workers`` processes when > 1) with a progress bar over pairs.
 
@@ -510,10 +521,8 @@ def run_all(tasks: list[Task], settings: Settings, workers: int, unit: str) -> l
 
     def finish(result: Result) -> None:
         results[result.task] = result
-        for warning in result.warnings:
-            tqdm.write(f"WARNING {warning}", file=sys.stderr)
-        if result.error is not None:
-            tqdm.write(f"FAILED {result.task.path}: {result.error}", file=sys.stderr)
+        for message in result_messages(result):
+            tqdm.write(message, file=sys.stderr)
         bar.set_postfix_str(f"{unit} {len(results)}/{len(tasks)}")
 
     with bar:
@@ -624,10 +633,23 @@ def record_lists(settings: Settings, lists: dict[str, dict]) -> None:
         flow_io.write_bytes_atomic(path, (json.dumps(recorded, indent=1) + "\n").encode())
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parses the command line (see the module docstring); long only because it declares every flag."""
+def build_parser(
+    description: str | None = __doc__, workers: bool = True, allow_abbrev: bool = True
+) -> argparse.ArgumentParser:
+    """The parser of the data options (see the module docstring); long because it declares each option.
+
+    Args:
+      description: the help text above the options.
+      workers: declare ``--workers`` (local processes); ``scripts/prepare_beam.py`` leaves it to Beam.
+      allow_abbrev: accept unambiguous prefixes of the long options.
+
+    Returns:
+      The parser; check what it parses with ``check_args``.
+    """
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=allow_abbrev,
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--videos", help="video file, or folder searched recursively for video files")
@@ -683,9 +705,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=95,
         help="JPEG quality of frames and flow images (default %(default)s)",
     )
-    parser.add_argument(
-        "--workers", type=int, default=1, help="processes, one input at a time each (default %(default)s)"
-    )
+    if workers:
+        parser.add_argument(
+            "--workers", type=int, default=1, help="processes, one input at a time each (default %(default)s)"
+        )
     parser.add_argument(
         "--list",
         default=None,
@@ -722,9 +745,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "them out)",
     )
     parser.add_argument("--absolute-paths", action="store_true", help="write absolute paths in the list")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks the parsed data options and fills in the list defaults (``parser.error`` on a bad value)."""
     for name in ("gap", "step", "resize", "workers", "max_frames", "max_pairs"):
-        value = getattr(args, name)
+        value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if not 0 <= args.val_fraction < 1:
@@ -744,13 +771,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--absolute-paths needs an --out path without whitespace (list files split on it)")
     if not os.path.exists(source):
         parser.error(f"{source} does not exist")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses and checks the command line (see the module docstring)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs the extraction; returns the exit status (1 if no input succeeded or no pair was listed)."""
-    args = parse_args(argv)
-    settings = Settings(
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a run does, fixed before any input is processed.
+
+    Attributes:
+      settings: the options shared by all tasks.
+      tasks: the inputs, in output order.
+      unit: ``"videos"`` or ``"sequences"`` (for messages).
+      train_list: the (training) list file, relative to ``--out``.
+      val_list: the validation list file when splitting, else None.
+      records: the ``lists`` entries of ``extract_flow.json`` for these lists (``list_records``).
+    """
+
+    settings: Settings
+    tasks: list[Task]
+    unit: str
+    train_list: str
+    val_list: str | None
+    records: dict[str, dict]
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The ``Settings`` of checked command line options."""
+    return Settings(
         out=args.out,
         gap=args.gap,
         step=args.step or args.gap,
@@ -765,17 +819,46 @@ def main(argv: list[str] | None = None) -> int:
         val_fraction=args.val_fraction,
         val_gap=args.gap if args.val_gap is None else args.val_gap,
     )
-    split = settings.val_fraction > 0
+
+
+def make_plan(args: argparse.Namespace) -> Plan | None:
+    """Finds the inputs, creates ``--out`` and records or checks its settings (``check_settings``).
+
+    Args:
+      args: the checked command line (``parse_args``, or ``build_parser`` and ``check_args``).
+
+    Returns:
+      The plan, or None (after saying so on stderr) when no input was found.
+
+    Raises:
+      SystemExit: from ``check_settings``.
+    """
+    settings = settings_from_args(args)
     unit = "videos" if args.videos is not None else "sequences"
     tasks = find_tasks(args.videos, args.frames)
     if not tasks:
         print(f"no {unit} found in {args.videos or args.frames}", file=sys.stderr)
-        return 1
+        return None
     os.makedirs(settings.out, exist_ok=True)
-    records = list_records(settings, args.list, args.val_list if split else None)
+    val_list = args.val_list if settings.val_fraction > 0 else None
+    records = list_records(settings, args.list, val_list)
     check_settings(settings, records)
-    results = run_all(tasks, settings, min(args.workers, len(tasks)), unit)
+    return Plan(settings, tasks, unit, args.list, val_list, records)
 
+
+def finish(plan: Plan, results: list[Result]) -> int:
+    """Writes the list files and their ``extract_flow.json`` entries, prints the report and the summary.
+
+    Args:
+      plan: the run's plan.
+      results: one per task, in task order.
+
+    Returns:
+      The exit status: 1 if no input succeeded or no pair (no training pair when splitting) was listed,
+      in which case the list files are left as they were; else 0.
+    """
+    settings, unit = plan.settings, plan.unit
+    split = plan.val_list is not None
     lines = [line for r in results for line in r.lines]
     val_lines = [line for r in results for line in r.val_lines]
     ok = sum(r.error is None for r in results)
@@ -797,13 +880,13 @@ def main(argv: list[str] | None = None) -> int:
             "--val-gap, or a smaller --step. The list files were not rewritten."
         )
     if ok and error is None:
-        outputs = [(args.list, lines)] + ([(args.val_list, val_lines)] if split else [])
+        outputs = [(plan.train_list, lines)] + ([(plan.val_list, val_lines)] if split else [])
         for name, entries in outputs:
             path = os.path.join(settings.out, name)
             flow_io.write_bytes_atomic(path, "".join(line + "\n" for line in entries).encode())
-            role = "validation list" if name == args.val_list and split else "list"
+            role = "validation list" if name == plan.val_list else "list"
             print(f"{role}: {path} ({len(entries)} pairs, flow type {settings.format!r})")
-        record_lists(settings, records)
+        record_lists(settings, plan.records)
         dropped = sum(r.dropped for r in results)
         if split:
             print(f"pairs between training and validation pairs, in no list: {dropped}")
@@ -820,6 +903,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the extraction; returns the exit status (1 if no input succeeded or no pair was listed)."""
+    args = parse_args(argv)
+    plan = make_plan(args)
+    if plan is None:
+        return 1
+    results = run_all(plan.tasks, plan.settings, min(args.workers, len(plan.tasks)), plan.unit)
+    return finish(plan, results)
 
 
 if __name__ == "__main__":
