@@ -11,6 +11,9 @@ order. Blank lines and lines starting with ``#`` are ignored (line numbers still
 uses the paths as given; here an optional root folder is prepended to relative paths (absolute paths are
 kept), which reads the lists written by ``scripts/extract_flow.py`` with ``root=<its --out>``.
 
+``read_lists`` returns the entries as a ``ListTable``, a compact sequence of ``ListEntry`` (the list text
+compressed, one int32 row per example) that builds each entry when indexed and slices into shards.
+
 ``load_example`` returns NumPy arrays: frames uint8 (H, W, 3) RGB, flow float32 (H, W, 2) of (dx, dy) in
 pixels. It keeps no state and OpenCV releases the GIL while decoding, so it is fast and safe to run in
 several threads (e.g. under ``tf.numpy_function`` in a parallel ``tf.data`` map). Every problem with an
@@ -23,7 +26,9 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Callable, Hashable, Sequence
+import typing
+import zlib
+from collections.abc import Callable, Hashable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -36,6 +41,18 @@ FLOW_COLUMNS = {"jpg": 2, "flo": 1}
 # Decoded straight to RGB order (libjpeg writes RGB; no BGR -> RGB pass afterwards).
 _IMREAD_RGB = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
 _MAX_LOGGED_SKIPS = 10
+
+_READ_BYTES = 1 << 22
+"""List file bytes read and scanned per NumPy pass (bounds the scan's temporary arrays)."""
+_BLOCK_BYTES = 1 << 14
+"""Target uncompressed size of a ``ListTable`` block: one random access inflates one block (~20 us)."""
+_ZLIB_LEVEL = 1
+"""Fastest zlib level: list text still shrinks about 7x (paths share long prefixes)."""
+_ROW_FIELDS = 5
+"""Columns of ``ListTable.rows``: block, offset, length, source, line."""
+# The single bytes ``str.split()`` splits at: ASCII space, \t, \n, \v, \f, \r and \x1c-\x1f. Text with
+# non-ASCII bytes is split by ``str.split()`` itself (it also splits at e.g. U+00A0).
+_ASCII_SPACE = np.array([chr(c).isspace() for c in range(128)] + [False] * 128)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,6 +81,90 @@ class ListEntry:
 
 class BadExampleError(ValueError):
     """A list line or the files it names are unusable; the message names list file, line and path."""
+
+
+class ListTable(Sequence[ListEntry]):
+    """The entries of list files in compact columnar form: a sequence of ``ListEntry`` built on demand.
+
+    A line with YFCC-like paths costs about 50 bytes here, against about 600 in a Python list of
+    entries (``python scripts/benchmark.py lists``). The text of the list files (every line break made
+    LF) is kept zlib-compressed in blocks of about ``_BLOCK_BYTES`` of whole lines; each row (one
+    example) is a line of one block. Indexing with an integer inflates that line's block (the last block
+    is cached, so reading rows in order inflates each block once), splits the line and applies the root,
+    giving the same ``ListEntry`` as a list would. Indexing with a slice, an integer array or a boolean
+    mask gives another table sharing the blocks (basic slices copy nothing), e.g. one process's shard
+    ``table[: n - n % P][p::P]``.
+
+    Built by ``read_lists``; safe to read from several threads.
+
+    Attributes:
+      rows: int32 (N, 5): per row the block index, byte offset and byte length of its line in the
+        inflated block, the index into ``sources`` of its list file, and its 1-based line number.
+      blocks: zlib-compressed UTF-8 text blocks.
+      sources: list file paths (as ``locate_list_file`` found them).
+      prefix: prepended to relative paths (the root with a trailing separator), or ``None``.
+    """
+
+    __slots__ = ("rows", "blocks", "sources", "prefix", "_cache")
+
+    def __init__(
+        self, rows: np.ndarray, blocks: Sequence[bytes], sources: Sequence[str], prefix: str | None
+    ) -> None:
+        if rows.dtype != np.int32 or rows.ndim != 2 or rows.shape[1] != _ROW_FIELDS:
+            raise ValueError(f"rows must be int32 (N, {_ROW_FIELDS}), got {rows.dtype} {rows.shape}")
+        self.rows = rows
+        self.blocks = blocks
+        self.sources = sources
+        self.prefix = prefix
+        self._cache: tuple[int, bytes] = (-1, b"")  # (block index, inflated block), replaced as a whole
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @typing.overload
+    def __getitem__(self, index: int) -> ListEntry: ...
+
+    @typing.overload
+    def __getitem__(self, index: slice | Sequence[int] | np.ndarray) -> ListTable: ...
+
+    def __getitem__(self, index):
+        if isinstance(index, int | np.integer):
+            return self._entry(index)
+        if not isinstance(index, slice):
+            index = np.asarray(index)
+            index = index.astype(np.intp) if index.size == 0 and index.dtype != bool else index
+        rows = self.rows[index]
+        if rows.ndim != 2:
+            raise IndexError(f"ListTable index must select rows, got {index!r}")
+        return ListTable(rows, self.blocks, self.sources, self.prefix)
+
+    def __iter__(self) -> Iterator[ListEntry]:
+        for i in range(len(self.rows)):
+            yield self._entry(i)
+
+    def __repr__(self) -> str:
+        return f"ListTable({len(self)} entries from {len(self.sources)} list file(s), {self.nbytes} bytes)"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the row array and the compressed blocks (shared with tables sliced from it)."""
+        return self.rows.nbytes + sum(len(b) for b in self.blocks)
+
+    def _block(self, index: int) -> bytes:
+        cached = self._cache
+        if cached[0] != index:
+            cached = (index, zlib.decompress(self.blocks[index]))
+            self._cache = cached
+        return cached[1]
+
+    def _entry(self, index: int) -> ListEntry:
+        n = len(self.rows)
+        if not -n <= index < n:
+            raise IndexError(f"ListTable index {index} out of range for {n} entries")
+        block, offset, length, source, line = self.rows[index].tolist()
+        fields = self._block(block)[offset : offset + length].decode("utf-8").split()
+        fields = _with_root(fields, self.prefix)
+        return ListEntry(fields[0], fields[1], tuple(fields[2:]), self.sources[source], line)
 
 
 def locate_list_file(list_file: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
@@ -96,16 +197,106 @@ def _with_root(paths: Sequence[str], prefix: str | None) -> list[str]:
     return [p if os.path.isabs(p) else prefix + p for p in paths]
 
 
+def _pieces(f: typing.BinaryIO, size: int) -> Iterator[bytes]:
+    """The bytes of a file opened in binary mode, in pieces of whole lines with every line break made LF.
+
+    CR LF and a lone CR end a line too, as when the file is read in text mode (universal newlines), so
+    line numbers are those of ``open(path).readlines()``. A piece is about ``size`` bytes (more for a
+    longer line).
+    """
+    rest = b""
+    while True:
+        data = f.read(size)
+        buf = rest + data if rest else data
+        if not data:
+            if buf:
+                yield buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n") if b"\r" in buf else buf
+            return
+        # After the last line break before the last byte (that byte may be the "\n" of a "\r\n").
+        cut = max(buf.rfind(b"\n", 0, len(buf) - 1), buf.rfind(b"\r", 0, len(buf) - 1)) + 1
+        if cut == 0:
+            rest = buf
+            continue
+        if buf[cut - 1] == ord("\r") and buf[cut] == ord("\n"):
+            cut += 1
+        piece, rest = buf[:cut], buf[cut:]
+        yield piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n") if b"\r" in piece else piece
+
+
+def _scan(piece: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Splits a piece into lines and counts their fields, with no Python loop over lines (for ASCII text).
+
+    Args:
+      piece: whole UTF-8 lines ended by LF (the last one may lack it), as ``_pieces`` yields them.
+
+    Returns:
+      Per line, each of shape (L,): start and end byte offsets (int64, the end excludes the LF),
+      the number of whitespace-separated fields (int64, as ``str.split()`` counts them) and whether the
+      first field starts with ``#`` (bool).
+
+    Raises:
+      UnicodeDecodeError: the piece is not UTF-8.
+    """
+    a = np.frombuffer(piece, np.uint8)
+    ends = np.flatnonzero(a == ord("\n"))
+    if not piece.endswith(b"\n"):
+        ends = np.append(ends, len(a))
+    starts = np.empty_like(ends)
+    starts[:1] = 0
+    starts[1:] = ends[:-1] + 1
+    comment = np.zeros(len(ends), bool)
+    if piece.isascii():
+        space = _ASCII_SPACE[a]
+        first = ~space  # first byte of a field: not a space, after a space or at the start
+        first[1:] &= space[:-1]
+        field_starts = np.flatnonzero(first)
+        counts = np.bincount(np.searchsorted(ends, field_starts), minlength=len(ends))
+        used = np.flatnonzero(counts)
+        comment[used] = a[field_starts[np.cumsum(counts)[used] - counts[used]]] == ord("#")
+    else:  # rare: let str.split() decide (it also splits at non-ASCII spaces)
+        counts = np.zeros(len(ends), np.int64)
+        for k, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            fields = piece[start:end].decode("utf-8").split()
+            counts[k] = len(fields)
+            comment[k] = bool(fields) and fields[0].startswith("#")
+    return starts, ends, counts, comment
+
+
+def _compress(piece: bytes, starts: np.ndarray, blocks: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Appends a piece to ``blocks`` as zlib blocks of whole lines; returns each line's block and offset.
+
+    Args:
+      piece: whole lines.
+      starts: int64 (L,) byte offset of each line in ``piece`` (ascending, the first 0).
+      blocks: the compressed blocks so far; the new ones are appended.
+
+    Returns:
+      Per line, each int64 (L,): the index of its block in ``blocks`` and its byte offset in that block.
+    """
+    key = starts // _BLOCK_BYTES  # a block starts at the first line starting in each span of the piece
+    new_block = np.ones(len(starts), bool)
+    new_block[1:] = key[1:] != key[:-1]
+    local = np.cumsum(new_block) - 1
+    bounds = [*starts[new_block].tolist(), len(piece)]
+    view = memoryview(piece)
+    first = len(blocks)
+    for b0, b1 in zip(bounds[:-1], bounds[1:], strict=True):
+        blocks.append(zlib.compress(view[b0:b1], _ZLIB_LEVEL))
+    return first + local, starts - np.asarray(bounds[:-1])[local]
+
+
 def read_lists(
     list_files: Sequence[str | os.PathLike] | str | os.PathLike,
     root: str | os.PathLike | None = None,
     flow_type: str = "jpg",
     skip_bad_examples: bool = False,
     on_skip: Callable[[Hashable, str], None] | None = None,
-) -> tuple[list[ListEntry], int]:
-    """Reads and concatenates list files.
+) -> tuple[ListTable, int]:
+    """Reads and concatenates list files into a ``ListTable``.
 
-    Only the number of columns is checked here; files are checked by ``load_example``.
+    Only the number of columns is checked here; files are checked by ``load_example``. The files are
+    scanned with NumPy in pieces of a few megabytes (no Python object per line), so a million-line list
+    takes about a second and the table tens of megabytes (see ``ListTable``).
 
     Args:
       list_files: list file paths (str or path-like), read in this order; a single path is accepted too.
@@ -121,13 +312,15 @@ def read_lists(
         reader of that line (e.g. ``input_pipeline.pipeline.BadExampleCounter.add``).
 
     Returns:
-      (entries, number of skipped lines).
+      (entries, number of skipped lines): the entries in file and line order, a ``ListTable`` (a
+      sequence of ``ListEntry``: ``len``, indexing, iteration; slicing gives a table).
 
     Raises:
       ValueError: unknown ``flow_type``.
       FileNotFoundError: a list file does not exist (always, whatever ``skip_bad_examples``).
       BadExampleError: a line has the wrong number of columns (unless ``skip_bad_examples``); the message
         names the list file and the line number.
+      UnicodeDecodeError: a list file is not UTF-8.
     """
     if flow_type not in FLOW_COLUMNS:
         raise ValueError(f"flow_type must be one of {sorted(FLOW_COLUMNS)}, got {flow_type!r}")
@@ -136,19 +329,24 @@ def read_lists(
     list_files = [os.fspath(f) for f in list_files]
     columns = 2 + FLOW_COLUMNS[flow_type]
     prefix = None if root is None else os.path.join(root, "")  # with a trailing separator
-    entries: list[ListEntry] = []
+    sources: list[str] = []
+    blocks: list[bytes] = []
+    rows = [np.zeros((0, _ROW_FIELDS), np.int32)]
     skipped = 0
     for list_file in list_files:
         list_file = locate_list_file(list_file, root)
-        with open(list_file, encoding="utf-8") as f:
-            for number, text in enumerate(f, start=1):
-                fields = text.split()
-                if not fields or fields[0].startswith("#"):
-                    continue
-                if len(fields) != columns:
+        sources.append(list_file)
+        lines_before = 0
+        with open(list_file, "rb") as f:
+            for piece in _pieces(f, _READ_BYTES):
+                starts, ends, counts, comment = _scan(piece)
+                example = ~comment & (counts > 0)
+                for k in np.flatnonzero(example & (counts != columns)).tolist():
+                    number = lines_before + k + 1
+                    text = piece[starts[k] : ends[k]].decode("utf-8")
                     message = (
                         f"{list_file} line {number}: expected {columns} paths for flow type {flow_type!r}, "
-                        f"got {len(fields)}: {text.strip()!r}"
+                        f"got {counts[k]}: {text.strip()!r}"
                     )
                     if not skip_bad_examples:
                         raise BadExampleError(message)
@@ -157,12 +355,20 @@ def read_lists(
                         on_skip((os.path.realpath(list_file), number), message)
                     elif skipped <= _MAX_LOGGED_SKIPS:
                         logging.warning("skipping %s", message)
-                    continue
-                fields = _with_root(fields, prefix)
-                entries.append(ListEntry(fields[0], fields[1], tuple(fields[2:]), list_file, number))
+                keep = np.flatnonzero(example & (counts == columns))
+                block, offset = _compress(piece, starts, blocks)
+                columns_of_rows = (
+                    block[keep],
+                    offset[keep],
+                    ends[keep] - starts[keep],
+                    np.full(len(keep), len(sources) - 1),
+                    lines_before + 1 + keep,
+                )
+                rows.append(np.stack(columns_of_rows, axis=1).astype(np.int32))
+                lines_before += len(starts)
     if skipped and on_skip is None:
         logging.warning("skipped %d malformed line(s) in %s", skipped, ", ".join(list_files))
-    return entries, skipped
+    return ListTable(np.concatenate(rows), blocks, tuple(sources), prefix), skipped
 
 
 def missing_files(

@@ -11,6 +11,7 @@ Usage::
         [--flow-type jpg|flo]] [--num-batches N] [--batch-size B] [--step S]
     python scripts/benchmark.py resolution_bound --config C [--strides 8,4,2] [--num-batches N]
     python scripts/benchmark.py label_propagation --workdir W [--clips N] [--frames T] [--feature F]
+    python scripts/benchmark.py lists [--lines N]
 
 Subcommands:
 
@@ -84,6 +85,14 @@ Subcommands:
   the initialisation its training started from, and the time per propagated
   frame (after one clip compiles). Last line ``jf_gain <G>``, the trained
   J&F minus the random one, in points.
+* ``lists``: reading a list file of ``--lines`` (default 1M) jpg-type lines
+  with YFCC-like relative paths (written to a temporary folder, read with a
+  root), each reader in a fresh child process: the previous representation (a
+  Python list of ``ListEntry`` built line by line, a private copy of that loop)
+  against ``input_pipeline.lists.read_lists`` (a ``ListTable``). Prints wall
+  seconds, the peak resident memory above the process's before the call and
+  what stays resident after it, in a markdown table; last line
+  ``lists_1M_mb <MB> (baseline <MB>), seconds <S> (baseline <S>)`` (peak MiB).
 
 Each subcommand is a ``(help, add_arguments, run)`` entry of ``COMMANDS``.
 BLAS/OpenMP pools are limited to one thread before NumPy is imported, so
@@ -687,6 +696,112 @@ def run_label_propagation(args: argparse.Namespace) -> None:
     print(f"jf_gain {gain:.2f}")
 
 
+def _add_lists_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lines", type=int, default=1_000_000, help="lines of the generated list file")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated paths")
+
+
+def _add_lists_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--list", required=True, help="list file to read")
+    parser.add_argument("--root", required=True, help="root of its relative paths")
+    parser.add_argument("--reader", choices=("baseline", "table"), required=True, help="which reader")
+
+
+def _write_yfcc_like_list(path: str, lines: int, seed: int) -> None:
+    """Writes ``lines`` jpg-type lines like the YFCC lists': random video folders and frame numbers."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for first in range(0, lines, 100_000):
+            ids = rng.integers([0, 10**9, 0], [100, 10**10, 3000], (min(100_000, lines - first), 3))
+            f.writelines(
+                f"UnsupVideo_Frames/{s:02d}/{v}/{i:06d}.jpg UnsupVideo_Frames/{s:02d}/{v}/{i + 5:06d}.jpg "
+                f"flow_origin/{s:02d}/{v}/{i:06d}_x.jpg flow_origin/{s:02d}/{v}/{i:06d}_y.jpg\n"
+                for s, v, i in ids.tolist()
+            )
+
+
+def _baseline_read_list(list_file: str, root: str) -> list:
+    """The previous ``read_lists`` on one jpg-type list: a Python list of ``ListEntry``, line by line."""
+    from input_pipeline import lists
+
+    prefix = os.path.join(root, "")
+    entries = []
+    with open(list_file, encoding="utf-8") as f:
+        for number, text in enumerate(f, start=1):
+            fields = text.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            if len(fields) != 4:
+                raise lists.BadExampleError(f"{list_file} line {number}: expected 4 paths, got {len(fields)}")
+            fields = [p if os.path.isabs(p) else prefix + p for p in fields]
+            entries.append(lists.ListEntry(fields[0], fields[1], tuple(fields[2:]), list_file, number))
+    return entries
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_lists_worker(args: argparse.Namespace) -> None:
+    """Child process: reads the list once; prints seconds, peak and kept resident MiB, a check entry."""
+    import gc
+    import json
+    import resource
+
+    from input_pipeline import lists
+
+    gc.collect()
+    before = _resident_bytes()
+    start = time.perf_counter()
+    if args.reader == "baseline":
+        entries = _baseline_read_list(args.list, args.root)
+    else:
+        entries, _ = lists.read_lists([args.list], args.root, "jpg")
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    kept = _resident_bytes() - before
+    mb = 1 / 2**20
+    check = repr(entries[len(entries) // 2])
+    result = {"seconds": seconds, "peak_mb": (peak - before) * mb, "kept_mb": kept * mb, "check": check}
+    print("RESULT " + json.dumps({**result, "count": len(entries)}))
+
+
+def run_lists(args: argparse.Namespace) -> None:
+    """The previous list-of-entries reader vs ``read_lists``' table, each in a fresh process."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        list_file = os.path.join(root, "train.txt")
+        _write_yfcc_like_list(list_file, args.lines, args.seed)
+        size_mb = os.path.getsize(list_file) / 2**20
+        results = {}
+        for reader in ("baseline", "table"):
+            cmd = [
+                sys.executable, os.path.abspath(__file__), "_lists_worker", "--list", list_file,
+                "--root", root, "--reader", reader,
+            ]  # fmt: skip
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+            if out.returncode or not lines:
+                raise RuntimeError(f"{reader} reader failed:\n{out.stdout}\n{out.stderr}")
+            results[reader] = json.loads(lines[-1].removeprefix("RESULT "))
+    old, new = results["baseline"], results["table"]
+    if (old["count"], old["check"]) != (new["count"], new["check"]):
+        raise RuntimeError(f"the readers disagree: {old} vs {new}")
+    print(f"{args.lines} lines, {size_mb:.0f} MiB of list text; entry {new['count'] // 2}: {new['check']}")
+    print("| reader | seconds | peak MiB | kept MiB |\n| --- | --- | --- | --- |")
+    for label, r in (("list of ListEntry (previous)", old), ("ListTable (read_lists)", new)):
+        print(f"| {label} | {r['seconds']:.2f} | {r['peak_mb']:.0f} | {r['kept_mb']:.0f} |")
+    ratios = old["peak_mb"] / new["peak_mb"], old["seconds"] / new["seconds"]
+    print("peak memory {:.1f}x lower, {:.1f}x faster".format(*ratios))
+    print(
+        f"lists_{args.lines / 1e6:g}M_mb {new['peak_mb']:.0f} (baseline {old['peak_mb']:.0f}), "
+        f"seconds {new['seconds']:.2f} (baseline {old['seconds']:.2f})"
+    )
+
+
 COMMANDS = {
     "sampler": ("guidance sampler vs the SciPy oracle", _add_sampler_arguments, run_sampler),
     "pipeline": ("list-file tf.data pipeline on 1 and 2 cores", _add_pipeline_arguments, run_pipeline),
@@ -712,6 +827,8 @@ COMMANDS = {
         _add_resolution_arguments,
         run_resolution_bound,
     ),
+    "lists": ("reading a 1M-line list file: list of entries vs ListTable", _add_lists_arguments, run_lists),
+    "_lists_worker": ("(internal) one list reader run", _add_lists_worker_arguments, run_lists_worker),
 }
 
 

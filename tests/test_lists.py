@@ -2,6 +2,9 @@
 
 import concurrent.futures
 import os
+import re
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -181,7 +184,7 @@ def test_load_example_is_thread_safe(tmp_path, data):
     lst = _write_list(tmp_path / "l.txt", ["data/f1.png data/f2.png data/fx.png data/fy.png"] * 3)
     entries, _ = lists.read_lists([lst], root=str(tmp_path))
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lists.load_example, entries * 10))
+        results = list(pool.map(lists.load_example, list(entries) * 10))
     for ex in results:
         np.testing.assert_array_equal(ex["frame1"], data["frame1"])
         np.testing.assert_array_equal(ex["flow"], results[0]["flow"])
@@ -204,3 +207,151 @@ def test_load_example_without_frame2_checks_it_exists(tmp_path, data):
     os.remove(tmp_path / "data" / "f2.png")
     with pytest.raises(lists.BadExampleError, match=r"l\.txt line 1: missing file .*f2\.png"):
         lists.load_example(entry, frame2=False)
+
+
+def _previous_read_lists(paths, root, flow_type):
+    """The oracle: the entries and bad line numbers as the previous Python loop over text lines made them."""
+    columns = 2 + lists.FLOW_COLUMNS[flow_type]
+    prefix = None if root is None else os.path.join(root, "")
+    entries, bad = [], []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for number, text in enumerate(f, start=1):
+                fields = text.split()
+                if not fields or fields[0].startswith("#"):
+                    continue
+                if len(fields) != columns:
+                    bad.append((path, number, text.strip()))
+                    continue
+                fields = [p if prefix is None or os.path.isabs(p) else prefix + p for p in fields]
+                entries.append(lists.ListEntry(fields[0], fields[1], tuple(fields[2:]), path, number))
+    return entries, bad
+
+
+# Every kind of line the scanner must treat as text-mode reading and str.split() do: comments (also
+# indented, and "#" inside a path), blank and space-only lines, tabs, \v \f \x1c-\x1f, CR LF and lone CR
+# line breaks, absolute paths, non-ASCII paths and a non-ASCII space (U+00A0, split by str.split()).
+_AWKWARD = {
+    "jpg": (
+        b"# header\r\n"
+        b"a/1.jpg a/2.jpg f/1_x.jpg f/1_y.jpg\r\n"
+        b"\r\n"
+        b"   \t \n"
+        b"  # indented comment with four fields\n"
+        b"b#1.jpg\tb/2.jpg  /abs/f_x.jpg\x0bf_y.jpg\n"
+        b"c/1.jpg c/2.jpg c/x.jpg\x1cc/y.jpg\rd/1.jpg d/2.jpg\x0cd/x.jpg d/y.jpg\r"
+        b"caf\xc3\xa9/1.jpg caf\xc3\xa9/2.jpg x.jpg\xc2\xa0y.jpg\n"
+        b"e/1.jpg e/2.jpg e/x.jpg e/y.jpg"
+    ),
+    "flo": b"a/1.jpg a/2.jpg a.flo\n\n#c\n/abs/1.jpg b/2.jpg\x1fb.flo  \r\nc/1.jpg c/2.jpg c.flo\n",
+}
+
+
+@pytest.mark.parametrize("flow_type", ["jpg", "flo"])
+@pytest.mark.parametrize("tiny_pieces", [False, True])
+def test_table_matches_the_previous_loop(tmp_path, monkeypatch, flow_type, tiny_pieces):
+    if tiny_pieces:  # every line break and block boundary case, on small files
+        monkeypatch.setattr(lists, "_READ_BYTES", 7)
+        monkeypatch.setattr(lists, "_BLOCK_BYTES", 5)
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_bytes(_AWKWARD[flow_type])
+    second.write_bytes(b"\n\r\n\r" + _AWKWARD[flow_type])  # the same lines, 3 further down
+    paths = [str(first), str(second), str(first)]
+    for root in (None, str(tmp_path / "root")):
+        want, _ = _previous_read_lists(paths, root, flow_type)
+        table, skipped = lists.read_lists(paths, root, flow_type)
+        assert skipped == 0 and len(table) == len(want) >= 9
+        assert list(table) == want
+        assert [table[i] for i in range(-len(want), 0)] == want
+    if flow_type == "jpg":  # a non-ASCII path; U+00A0 split "x.jpg\xa0y.jpg" in two
+        assert want[-2].frame1.endswith("caf\xe9/1.jpg") and want[-2].flow[-1].endswith("root/y.jpg")
+    k = len(want) // 3
+    assert [e.line for e in want[k : 2 * k]] == [e.line + 3 for e in want[:k]]
+    assert table.nbytes == table.rows.nbytes + sum(map(len, table.blocks))
+
+
+def test_bad_lines_are_reported_as_before(tmp_path, monkeypatch):
+    monkeypatch.setattr(lists, "_READ_BYTES", 16)  # the bad lines fall in different pieces
+    lst = tmp_path / "bad.txt"
+    lst.write_bytes(b"a b c d\nshort line here\r\n\n# x\ne f g h\none two three four five\nlast\n")
+    want, bad = _previous_read_lists([str(lst)], None, "jpg")
+    with pytest.raises(lists.BadExampleError) as info:
+        lists.read_lists([lst])
+    assert str(info.value) == f"{lst} line 2: expected 4 paths for flow type 'jpg', got 3: 'short line here'"
+    calls = []
+    table, skipped = lists.read_lists([lst], skip_bad_examples=True, on_skip=lambda *a: calls.append(a))
+    assert list(table) == want and skipped == len(bad) == 3
+    assert (
+        [key for key, _ in calls]
+        == [(os.path.realpath(lst), n) for _, n, _ in bad]
+        == [(os.path.realpath(lst), n) for n in (2, 6, 7)]
+    )
+    assert calls[2][1].endswith("got 1: 'last'")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9 b c d\n")
+    with pytest.raises(UnicodeDecodeError):  # as reading the file as UTF-8 text did
+        lists.read_lists([tmp_path / "latin1.txt"])
+
+
+def _yfcc_like_lines(count, seed=0):
+    """``count`` jpg-type lines with YFCC-like relative paths (random videos and frames)."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for shard, video, frame in rng.integers([0, 10**9, 0], [100, 10**10, 3000], (count, 3)).tolist():
+        folder = f"{shard:02d}/{video}"
+        lines.append(
+            f"UnsupVideo_Frames/{folder}/{frame:06d}.jpg UnsupVideo_Frames/{folder}/{frame + 5:06d}.jpg "
+            f"flow_origin/{folder}/{frame:06d}_x.jpg flow_origin/{folder}/{frame:06d}_y.jpg"
+        )
+    return lines
+
+
+def test_sharding_slices_and_indexing_give_tables(tmp_path, monkeypatch):
+    monkeypatch.setattr(lists, "_BLOCK_BYTES", 300)  # many blocks
+    lst = _write_list(tmp_path / "l.txt", _yfcc_like_lines(103))
+    table, _ = lists.read_lists([lst], root="/data/yfcc")
+    want = list(table)
+    assert want == _previous_read_lists([lst], "/data/yfcc", "jpg")[0]
+    assert len(table.blocks) > 10
+    for count in (1, 2, 4, 8):
+        for p in range(count):
+            shard = table[: len(table) - len(table) % count][p::count]
+            assert isinstance(shard, lists.ListTable) and shard.blocks is table.blocks
+            assert list(shard) == want[: len(want) - len(want) % count][p::count]
+            assert np.shares_memory(shard.rows, table.rows)  # a view, nothing copied
+    picked = [5, 0, 102, -1, 5]
+    assert list(table[picked]) == [want[i] for i in picked] == list(table[np.array(picked)])
+    mask = np.arange(len(table)) % 3 == 0
+    assert list(table[mask]) == [e for e, m in zip(want, mask, strict=True) if m]
+    assert table[np.int64(7)] == want[7] and len(table[200:]) == 0 and not table[200:] and not table[[]]
+    for bad in (103, -104):
+        with pytest.raises(IndexError):
+            table[bad]
+    with pytest.raises(IndexError):
+        table[:, 0]
+
+
+def test_table_memory_per_line(tmp_path):
+    # The previous list of ListEntry held about 1.1 kB per line like these (the text is ~170 bytes).
+    lines = _yfcc_like_lines(10_000)
+    table, _ = lists.read_lists([_write_list(tmp_path / "l.txt", lines)], root=str(tmp_path))
+    assert len(table) == 10_000 and table[-1].line == 10_000
+    assert table.rows.nbytes == 20 * 10_000
+    assert table.nbytes < 60 * 10_000
+
+
+def test_table_reads_from_threads(tmp_path, monkeypatch):
+    monkeypatch.setattr(lists, "_BLOCK_BYTES", 500)  # the threads keep replacing the cached block
+    table, _ = lists.read_lists([_write_list(tmp_path / "l.txt", _yfcc_like_lines(400))])
+    want = list(table)
+    order = np.random.default_rng(1).permutation(np.tile(np.arange(400), 5)).tolist()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(table.__getitem__, order))
+    assert got == [want[i] for i in order]
+
+
+def test_benchmark_lists_runs():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, os.path.join(root, "scripts", "benchmark.py"), "lists", "--lines", "2000"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "| ListTable (read_lists) |" in out[-3]
+    assert re.fullmatch(r"lists_0.002M_mb \d+ \(baseline \d+\), seconds [\d.]+ \(baseline [\d.]+\)", out[-1])
