@@ -8,6 +8,13 @@ accelerator that reports its memory (``Device.memory_stats()["bytes_limit"]``)
 a step that needs more stops before the first step with the numbers and the
 switches that would make it fit, estimated for the case at hand; on the CPU
 (no limit reported) the report is logged and training goes on.
+
+``plan`` compiles the same step for any config and per-device batch without
+allocating it (abstract state and batch), on whatever backend runs it: the
+README's table of the released configs at 1-8 devices comes from it
+(``scripts/benchmark.py memory``). A plan is the compiling backend's: XLA:CPU
+and XLA:GPU fuse and schedule differently, and the CPU compiler merges
+rematerialised recomputation back (``model.remat`` shows no saving there).
 """
 
 from __future__ import annotations
@@ -51,6 +58,57 @@ def step_memory(compiled: Any, per_device_batch: int) -> StepMemory:
         temporaries=int(stats.temp_size_in_bytes),
         per_device_batch=per_device_batch,
     )
+
+
+def plan(config: Any, per_device_batch: int) -> StepMemory:
+    """The compiled train step's plan for a config, compiled for one device and never run.
+
+    Args:
+      config: an experiment config (``model``, ``flow``, ``optim``, ``loss``,
+        ``grad_accum_steps`` and ``data.crop_size`` are used; BatchNorm is not
+        synchronised: a single-device program).
+      per_device_batch: examples per device and step (a multiple of
+        ``grad_accum_steps``).
+
+    Returns:
+      XLA's plan on the default backend; the state is donated, as in training.
+    """
+    # Imported here: cmp_jax.train imports this module for its memory check.
+    import functools
+
+    import jax
+    import ml_collections
+
+    from cmp_jax import state as state_lib
+    from cmp_jax import train
+    from input_pipeline import image_ops
+
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.sync_batchnorm = False
+    model, bins = state_lib.build_from_config(config)
+    schedule = state_lib.learning_rate_schedule(config)
+    tx = state_lib.create_optimizer(config, schedule)
+    state = jax.eval_shape(lambda: state_lib.create_train_state(config, model, tx))
+    h, w = image_ops.crop_size(config.data.crop_size)
+    f32 = jax.numpy.float32
+    batch = {
+        "image": jax.ShapeDtypeStruct((per_device_batch, h, w, 3), f32),
+        "sparse": jax.ShapeDtypeStruct((per_device_batch, h, w, 2), f32),
+        "mask": jax.ShapeDtypeStruct((per_device_batch, h, w, 2), f32),
+        "flow": jax.ShapeDtypeStruct((per_device_batch, h, w, 2), f32),
+        "num_guides": jax.ShapeDtypeStruct((per_device_batch,), jax.numpy.int32),
+    }
+    step = functools.partial(
+        train.train_step,
+        bins=bins,
+        schedule=schedule,
+        motion_weight=config.loss.get("motion_weight", 0.0),
+        label_sigma=config.loss.get("label_sigma", 0.0),
+        epe_weight=config.loss.get("epe_weight", 0.0),
+        grad_accum_steps=config.get("grad_accum_steps", 1),
+    )
+    compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+    return step_memory(compiled, per_device_batch)
 
 
 def device_limit(device: Any) -> int | None:

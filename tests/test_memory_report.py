@@ -53,3 +53,13 @@ def test_training_stops_before_the_first_step_when_the_device_is_too_small(tmp_p
     assert "even one example per device does not fit" in str(info.value)
     metrics = tmp_path / "run" / "metrics.jsonl"
     assert not metrics.exists() or "train/loss" not in metrics.read_text()
+
+
+def test_plan_compiles_any_config_without_devices_and_counts_the_batch_exactly():
+    config = tiny_config()
+    small, large = memory_report.plan(config, 2), memory_report.plan(config, 8)
+    assert (small.per_device_batch, large.per_device_batch) == (2, 8)
+    # The state is the same; the arguments differ by the six extra examples' bytes exactly:
+    # image (3), sparse (2), mask (2) and flow (2) float32 channels at 32 x 32, plus num_guides.
+    assert large.arguments - small.arguments == 6 * (32 * 32 * 9 * 4 + 4)
+    assert large.temporaries > small.temporaries
