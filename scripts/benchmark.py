@@ -12,6 +12,9 @@ Usage::
     python scripts/benchmark.py resolution_bound --config C [--strides 8,4,2] [--num-batches N]
     python scripts/benchmark.py label_propagation --workdir W [--clips N] [--frames T] [--feature F]
     python scripts/benchmark.py lists [--lines N]
+    python scripts/benchmark.py throughput [--config C [--config.x=v ...]] [--per-device-batch B] [--steps N]
+        [--dtypes float32,bfloat16]
+    python scripts/benchmark.py memory [--configs yfcc_resnet,...] [--devices 1,2,4,8] [--accum K]
 
 Subcommands:
 
@@ -93,6 +96,22 @@ Subcommands:
   seconds, the peak resident memory above the process's before the call and
   what stays resident after it, in a markdown table; last line
   ``lists_1M_mb <MB> (baseline <MB>), seconds <S> (baseline <S>)`` (peak MiB).
+* ``throughput``: the accelerator benchmark (``cmp_jax.throughput``): the
+  training loop's pmapped step of a config (default ``configs/yfcc_resnet.py``,
+  ``--per-device-batch`` images on each local device, one random
+  device-resident batch, so no input pipeline) for each compute dtype of
+  ``--dtypes``: seconds per step, images/s over the local devices, achieved
+  TFLOP/s per device (XLA's FLOP count of the compiled per-device program) and
+  its share of the device's datasheet peak (``throughput.PEAKS``; none for the
+  CPU or a device missing from the table). Last line ``images_per_s <X>`` of
+  the first dtype.
+* ``memory``: XLA's per-device memory plan (``memory_report.plan``: arguments +
+  outputs + temporaries of the compiled, never-run train step) of each config of
+  ``--configs`` with its global batch split over each device count of
+  ``--devices``, in float32 and bfloat16, with and without
+  ``grad_accum_steps=--accum``, compiled with ``--conv-impl`` (default ``xla``,
+  the GPU/TPU formulation) by the backend at hand. A markdown table in GiB;
+  ``-`` where the batch does not split.
 
 Each subcommand is a ``(help, add_arguments, run)`` entry of ``COMMANDS``.
 BLAS/OpenMP pools are limited to one thread before NumPy is imported, so
@@ -802,6 +821,95 @@ def run_lists(args: argparse.Namespace) -> None:
     )
 
 
+def _add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
+    config_args.add_argument(parser, "configs/yfcc_resnet.py")
+    parser.add_argument(
+        "--per-device-batch",
+        type=int,
+        default=10,
+        help="images per device and step (the original's per GPU: 10)",
+    )
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated model.dtype values")
+
+
+def run_throughput(args: argparse.Namespace) -> None:
+    """The training step of a config on every local device: img/s, TFLOP/s and share of the peak."""
+    import jax
+
+    from cmp_jax import throughput
+
+    config = config_args.parse(args.config_argv, default=str(_CONFIGS / "yfcc_resnet.py"))
+    device = jax.local_devices()[0]
+    results = []
+    for dtype in args.dtypes.split(","):
+        config.model.dtype = dtype
+        results.append(throughput.measure(config, args.per_device_batch, args.steps, args.warmup))
+        print(f"{dtype}: {results[-1].seconds_per_step:.3f} s/step", flush=True)
+    _, peak_name = throughput.device_peak(device.device_kind, "float32")
+    m = config.model
+    print(
+        f"{m.backbone} + {m.decoder} decoder at {config.data.crop_size}, {jax.local_device_count()} x "
+        f"{device.device_kind!r} ({device.platform}; peaks: {peak_name or 'not in the table'}), "
+        f"{args.steps} steps after {args.warmup} warm-up, one random device-resident batch"
+    )
+    print(throughput.markdown_table(results))
+    print(f"images_per_s {results[0].images_per_s:.1f}")
+
+
+def _add_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--configs",
+        default="yfcc_resnet,yfcc_coco_resnet,semiauto_resnet,yfcc_alexnet,yfcc_alexnet_8gpu",
+        help="comma-separated config names under configs/ (lip_resnet and yfcc_youtube_alexnet have "
+        "the model, crop and batch of yfcc_resnet and yfcc_alexnet)",
+    )
+    parser.add_argument("--devices", default="1,2,4,8", help="device counts the global batch is split over")
+    parser.add_argument(
+        "--accum",
+        type=int,
+        default=4,
+        help="grad_accum_steps of the accumulation columns (0: no such columns)",
+    )
+    parser.add_argument("--conv-impl", default="xla", help="model.conv_impl compiled (xla: what GPU/TPU run)")
+
+
+def run_memory(args: argparse.Namespace) -> None:
+    """XLA's per-device plan of the released configs' train step at several device counts."""
+    import importlib
+
+    from cmp_jax import memory_report
+
+    variants = [("float32", 1), ("bfloat16", 1)]
+    if args.accum > 1:
+        variants += [("float32", args.accum), ("bfloat16", args.accum)]
+    header = " | ".join(f"{d}" + (f", grad_accum_steps={k}" if k > 1 else "") for d, k in variants)
+    print(f"| config | devices | batch/device | {header} |")
+    print("| --- | --- | --- |" + " --- |" * len(variants))
+    for name in args.configs.split(","):
+        base_config = importlib.import_module(f"configs.{name}").get_config()
+        for n in (int(v) for v in args.devices.split(",")):
+            per_device = base_config.batch_size // n
+            cells = []
+            for dtype, k in variants:
+                config = base_config.copy_and_resolve_references()
+                config.model.dtype = dtype
+                config.model.conv_impl = args.conv_impl
+                config.grad_accum_steps = k
+                if base_config.batch_size % n or per_device % k:
+                    cells.append("-")
+                    continue
+                plan = memory_report.plan(config, per_device)
+                cells.append(f"{plan.total / memory_report.GIB:.1f}")
+                print(
+                    f"  {name} x{n} {dtype} k={k}: {memory_report.describe(plan, None)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            print(f"| `{name}` | {n} | {per_device} | " + " | ".join(cells) + " |", flush=True)
+
+
 COMMANDS = {
     "sampler": ("guidance sampler vs the SciPy oracle", _add_sampler_arguments, run_sampler),
     "pipeline": ("list-file tf.data pipeline on 1 and 2 cores", _add_pipeline_arguments, run_pipeline),
@@ -829,6 +937,16 @@ COMMANDS = {
     ),
     "lists": ("reading a 1M-line list file: list of entries vs ListTable", _add_lists_arguments, run_lists),
     "_lists_worker": ("(internal) one list reader run", _add_lists_worker_arguments, run_lists_worker),
+    "throughput": (
+        "a config's train step on the local accelerators: img/s, FLOP/s, share of peak",
+        _add_throughput_arguments,
+        run_throughput,
+    ),
+    "memory": (
+        "XLA's per-device memory plan of the released configs at 1-8 devices",
+        _add_memory_arguments,
+        run_memory,
+    ),
 }
 
 
