@@ -17,7 +17,8 @@ Options (not in the original):
   the soft-argmax read-out is not limited to bin centres.
 * ``epe_weight`` > 0 adds that multiple of the mean end-point error (pixels)
   of the soft-argmax flow of the upsampled logits, the quantity evaluation
-  reports. The cross-entropy alone does not penalise a prediction split
+  reports (weighted as the cross-entropy with ``motion_weight``). The
+  cross-entropy alone does not penalise a prediction split
   between "moves like the guidance" and "static": its expectation lies in
   between and under-reads fast motion; the EPE term does.
 """
@@ -52,7 +53,8 @@ def discrete_flow_loss(
         in pixels.
       epe_weight: 0 (the original): cross-entropy only. > 0: plus this
         multiple of the mean end-point error in pixels of
-        ``bins.expected_flow`` of the upsampled logits against ``flow``.
+        ``bins.expected_flow`` of the upsampled logits against ``flow``
+        (with ``motion_weight``, the weighted mean).
 
     Returns:
       Scalar float32 loss: (weighted) mean CE of the x bins plus that of the y
@@ -88,5 +90,6 @@ def discrete_flow_loss(
     if epe_weight:
         error = bins.expected_flow(logits) - flow
         # The small constant keeps the gradient finite where the error is exactly zero.
-        total = total + epe_weight * jnp.mean(jnp.sqrt(jnp.sum(jnp.square(error), axis=-1) + 1e-12))
+        epe = jnp.sqrt(jnp.sum(jnp.square(error), axis=-1) + 1e-12)
+        total = total + epe_weight * (jnp.sum(epe * weight) if motion_weight else jnp.mean(epe))
     return total

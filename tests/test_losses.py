@@ -151,6 +151,13 @@ def test_epe_weight_adds_the_soft_argmax_end_point_error():
     plain = float(discrete_flow_loss(jnp.asarray(logits), jnp.asarray(flow), bins))
     got = float(discrete_flow_loss(jnp.asarray(logits), jnp.asarray(flow), bins, epe_weight=0.3))
     assert got == pytest.approx(plain + 0.3 * epe, rel=1e-5)
+    # With motion_weight the EPE term is weighted as the cross-entropy is.
+    weight = 1.0 + 0.2 * np.hypot(flow[..., 0], flow[..., 1])
+    per_pixel = np.hypot(expected[0] - flow[..., 0], expected[1] - flow[..., 1])
+    weighted = (per_pixel * weight).sum() / weight.sum()
+    both = float(discrete_flow_loss(jnp.asarray(logits), jnp.asarray(flow), bins, 0.2, epe_weight=0.3))
+    ce_only = float(discrete_flow_loss(jnp.asarray(logits), jnp.asarray(flow), bins, 0.2))
+    assert both - ce_only == pytest.approx(0.3 * weighted, rel=1e-4)
     # Finite gradients where the soft-argmax hits the target exactly.
     exact = jnp.asarray(np.stack(expected, -1).astype(np.float32))
     grad = jax.grad(lambda z: discrete_flow_loss(z, exact, bins, epe_weight=1.0))(jnp.asarray(logits))
