@@ -74,7 +74,6 @@ def plan(config: Any, per_device_batch: int) -> StepMemory:
       XLA's plan on the default backend; the state is donated, as in training.
     """
     # Imported here: cmp_jax.train imports this module for its memory check.
-    import functools
 
     import jax
     import ml_collections
@@ -98,15 +97,7 @@ def plan(config: Any, per_device_batch: int) -> StepMemory:
         "flow": jax.ShapeDtypeStruct((per_device_batch, h, w, 2), f32),
         "num_guides": jax.ShapeDtypeStruct((per_device_batch,), jax.numpy.int32),
     }
-    step = functools.partial(
-        train.train_step,
-        bins=bins,
-        schedule=schedule,
-        motion_weight=config.loss.get("motion_weight", 0.0),
-        label_sigma=config.loss.get("label_sigma", 0.0),
-        epe_weight=config.loss.get("epe_weight", 0.0),
-        grad_accum_steps=config.get("grad_accum_steps", 1),
-    )
+    step = train.configured_train_step(config, bins, schedule)
     compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
     return step_memory(compiled, per_device_batch)
 

@@ -21,7 +21,6 @@ no fraction.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 import time
 
@@ -150,17 +149,7 @@ def measure(
     model, bins = state_lib.build_from_config(config)
     schedule = state_lib.learning_rate_schedule(config)
     state = state_lib.create_train_state(config, model, state_lib.create_optimizer(config, schedule))
-    step = parallel.pmap_step(
-        functools.partial(
-            train.train_step,
-            bins=bins,
-            schedule=schedule,
-            motion_weight=config.loss.get("motion_weight", 0.0),
-            label_sigma=config.loss.get("label_sigma", 0.0),
-            epe_weight=config.loss.get("epe_weight", 0.0),
-            grad_accum_steps=config.get("grad_accum_steps", 1),
-        )
-    )
+    step = parallel.pmap_step(train.configured_train_step(config, bins, schedule))
     height, width = image_ops.crop_size(config.data.crop_size)
     # Device-resident, split over the devices along the leading axis as pmap expects.
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (parallel.AXIS_NAME,))

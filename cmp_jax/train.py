@@ -160,6 +160,29 @@ def train_step(
     return state, metrics
 
 
+def configured_train_step(config: Any, bins: FlowBins, schedule: Callable[[Any], Any]) -> Callable[..., Any]:
+    """``train_step`` with the config's loss options and gradient accumulation bound.
+
+    Args:
+      config: the experiment config (``loss.*`` and ``grad_accum_steps``; absent fields of older
+        configs take the original's values).
+      bins: flow quantisation.
+      schedule: the lr schedule (for the logged lr).
+
+    Returns:
+      ``step(state, batch, axis_name=None)``, to be jitted or pmapped.
+    """
+    return functools.partial(
+        train_step,
+        bins=bins,
+        schedule=schedule,
+        motion_weight=config.loss.get("motion_weight", 0.0),
+        label_sigma=config.loss.get("label_sigma", 0.0),
+        epe_weight=config.loss.get("epe_weight", 0.0),
+        grad_accum_steps=config.get("grad_accum_steps", 1),
+    )
+
+
 def eval_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
@@ -410,17 +433,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     train_ds, _ = pipeline.create_from_config(
         config, "train", local_batch=local_batch, start_step=start, counter=bad_examples
     )
-    p_train = parallel.pmap_step(
-        functools.partial(
-            train_step,
-            bins=bins,
-            schedule=schedule,
-            motion_weight=config.loss.motion_weight,
-            label_sigma=config.loss.label_sigma,
-            epe_weight=config.loss.get("epe_weight", 0.0),
-            grad_accum_steps=config.get("grad_accum_steps", 1),
-        )
-    )
+    p_train = parallel.pmap_step(configured_train_step(config, bins, schedule))
     state = parallel.replicate(state)
     p_train = _compiled_train_step(p_train, state, train_ds, config)
     eval_metrics: dict[str, float] = {}
