@@ -74,7 +74,6 @@ def plan(config: Any, per_device_batch: int) -> StepMemory:
       XLA's plan on the default backend; the state is donated, as in training.
     """
     # Imported here: cmp_jax.train imports this module for its memory check.
-
     import jax
     import ml_collections
 
