@@ -7,8 +7,9 @@ Launch (no download; about 9 minutes on a 2-core CPU)::
 ``configs/synthetic.py`` (the embedded default) with two loss switches and a
 longer run. It is for users who want the best arrows-to-dense-flow model from
 the embedded data, not a representation: measured side by side (the lever
-table of docs/benchmarks.md; docs/training.md gives its run), it propagates better than the default and beats copying
-the nearest arrow on the fast 10-40 px pixels too, but its image encoder
+table of docs/benchmarks.md; docs/training.md gives its run), it propagates
+better than the default and beats copying the nearest arrow on the fast
+10-40 px pixels too, but its image encoder
 scores about 10 J&F points *below* its random initialisation by video label
 propagation, where the default's gains about 4.
 
